@@ -1,0 +1,2 @@
+//! `paddock`: the Paddock command-line interface.
+fn main() {}
