@@ -1,2 +1,47 @@
 //! `paddock`: the Paddock command-line interface.
-fn main() {}
+//!
+//! `paddock image ...` works on image files directly, with no daemon, and follows
+//! `qemu-img`'s flag spelling so scripts move over unchanged.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod image;
+mod output;
+
+/// Paddock: an open virtualization platform on Linux KVM.
+#[derive(Parser, Debug)]
+#[command(name = "paddock", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Disk images: info, convert, check, compare, create, resize, map, rebase, commit.
+    #[command(subcommand)]
+    Image(Box<image::ImageCommand>),
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Image(cmd) => image::run(*cmd),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "paddock",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -19,3 +19,7 @@ pub use format::Format;
 pub use image::{BlockImage, CheckReport, CompressedWrite, Extent, ExtentKind, ImageInfo};
 pub use open::{create, open, open_storage, parse_size, CreateOptions, OpenContext, OpenOptions};
 pub use storage::{FileStorage, MemStorage, Storage};
+pub mod ops;
+pub use ops::compare::{compare, Comparison};
+pub use ops::convert::{convert, ConvertOptions, ConvertStats};
+pub use ops::progress::Progress;

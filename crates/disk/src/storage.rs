@@ -9,7 +9,17 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
+
+static UNSAFE_CACHE: AtomicBool = AtomicBool::new(false);
+
+/// Turns every file sync of this process into a no-op (qemu-img's `-t unsafe`): faster, and
+/// a crash or power loss can then lose or corrupt what was written. For one-shot conversions
+/// whose output is thrown away on failure.
+pub fn set_unsafe_cache(enabled: bool) {
+    UNSAFE_CACHE.store(enabled, Ordering::Relaxed);
+}
 
 /// Random-access byte storage.
 pub trait Storage: Send + Sync + fmt::Debug {
@@ -163,7 +173,7 @@ impl Storage for FileStorage {
     }
 
     fn sync(&self) -> io::Result<()> {
-        if self.read_only {
+        if self.read_only || UNSAFE_CACHE.load(Ordering::Relaxed) {
             return Ok(());
         }
         self.file.sync_data()
