@@ -9,6 +9,7 @@
 pub mod error;
 pub mod format;
 pub mod formats;
+pub mod fuzzing;
 pub mod image;
 pub mod open;
 pub mod probe;

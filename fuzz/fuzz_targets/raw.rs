@@ -1,0 +1,6 @@
+//! Fuzzes the raw parser and driver with untrusted image bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    paddock_disk::fuzzing::exercise(Some(paddock_disk::Format::Raw), data);
+});
