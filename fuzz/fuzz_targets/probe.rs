@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    paddock_disk::fuzzing::exercise(None, data);
+    paddock_disk::fuzzing::exercise_encoded(None, data);
 });

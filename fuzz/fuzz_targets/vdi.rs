@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    paddock_disk::fuzzing::exercise(Some(paddock_disk::Format::Vdi), data);
+    paddock_disk::fuzzing::exercise_encoded(Some(paddock_disk::Format::Vdi), data);
 });

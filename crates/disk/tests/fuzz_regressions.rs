@@ -1,5 +1,5 @@
 //! Replays the fuzz seeds and every input a fuzzer ever flagged (`fuzz/seeds/<format>/`,
-//! `fuzz/regressions/<format>/`) through the same harness the fuzz targets use. A panic here
+//! `fuzz/regressions/<format>/`, in the encoded form of `paddock_disk::fuzzing::decode`) through the same harness the fuzz targets use. A panic here
 //! is a regression of a fixed bug.
 
 use std::path::Path;
@@ -20,7 +20,7 @@ fn replay(dir: &Path) -> usize {
         };
         for input in std::fs::read_dir(fdir.path()).unwrap().flatten() {
             let data = std::fs::read(input.path()).unwrap();
-            paddock_disk::fuzzing::exercise(format, &data);
+            paddock_disk::fuzzing::exercise_encoded(format, &data);
             n += 1;
         }
     }
