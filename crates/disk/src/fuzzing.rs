@@ -38,7 +38,7 @@ pub fn decode(input: &[u8]) -> Vec<u8> {
 
 /// Decodes `input` (see [`decode`]) and runs [`exercise`] on it.
 pub fn exercise_encoded(format: Option<Format>, input: &[u8]) {
-    exercise(format, &decode(input));
+    run(format, || decode(input));
 }
 
 /// Most extents walked per image, so a hostile map cannot make one input take forever.
@@ -49,20 +49,29 @@ const SAMPLE: usize = 64 << 10;
 /// Opens `data` as `format` (probing when `None`) and exercises reads, map, info, check,
 /// and — on a private copy — writes, flush and a reopen. Errors are fine; panics are not.
 pub fn exercise(format: Option<Format>, data: &[u8]) {
-    let storage = MemStorage::read_only(data.to_vec());
+    run(format, || data.to_vec());
+}
+
+/// Runs the read pass and the write pass, each on a fresh image from `make` (decoding twice
+/// is cheaper than copying a large zero-filled image).
+fn run(format: Option<Format>, make: impl Fn() -> Vec<u8>) {
+    let storage = MemStorage::read_only(make());
     let ctx = OpenContext::isolated(false);
     if let Ok(img) = open_storage(Box::new(storage), format, &ctx) {
         read_paths(img.as_ref());
     }
     // Writable copy, allowed to grow by at most 16 MiB.
-    let storage = MemStorage::new(data.to_vec(), data.len() as u64 + (16 << 20));
+    let data = make();
+    let cap = data.len() as u64 + (16 << 20);
+    let seed = data
+        .iter()
+        .take(1 << 16)
+        .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let storage = MemStorage::new(data, cap);
     let ctx = OpenContext::isolated(true);
     if let Ok(img) = open_storage(Box::new(storage), format, &ctx) {
         let size = img.virtual_size();
         if size > 0 {
-            let seed = data
-                .iter()
-                .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
             let buf = vec![0xa5u8; 4096 + (seed % 8192) as usize];
             for off in [
                 0,
