@@ -1,0 +1,473 @@
+//! The VM specification: plain data that says what a VM is (CPUs, memory, boot, disks, NICs,
+//! devices), with [`VmSpec::validate`] and no I/O, so the VMM, the daemon, the API, the CLI
+//! and the descriptor converters all share one definition.
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Most vCPUs a spec may ask for.
+pub const MAX_VCPUS: u32 = 254;
+/// Least guest memory, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// Most guest memory, in MiB (16 TiB).
+pub const MAX_MEMORY_MIB: u64 = 16 << 20;
+
+/// A whole VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// Name, unique on a host: letters, digits, `-`, `_`, `.`; 1 to 64 characters.
+    pub name: String,
+    /// Virtual CPUs.
+    #[serde(default)]
+    pub cpus: CpuSpec,
+    /// Guest memory.
+    pub memory: MemorySpec,
+    /// How the guest starts.
+    pub boot: BootSpec,
+    /// Block devices, in guest order.
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    /// Network interfaces, in guest order.
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+    /// Serial console (COM1).
+    #[serde(default)]
+    pub serial: SerialSpec,
+    /// A virtio entropy device.
+    #[serde(default)]
+    pub rng: bool,
+    /// A virtio-vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockSpec>,
+    /// Accelerator choice for drivers that have one (QEMU).
+    #[serde(default)]
+    pub accel: Accel,
+}
+
+/// vCPU count and topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuSpec {
+    /// Number of vCPUs.
+    pub count: u32,
+    /// Threads per core (1 or 2).
+    #[serde(default = "one")]
+    pub threads_per_core: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for CpuSpec {
+    fn default() -> Self {
+        CpuSpec {
+            count: 1,
+            threads_per_core: 1,
+        }
+    }
+}
+
+/// Guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySpec {
+    /// Size in MiB.
+    pub size_mib: u64,
+    /// Back guest memory with shared mappings (needed by vhost-user and some migration paths).
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// How the guest starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BootSpec {
+    /// Linux direct boot: a bzImage or ELF vmlinux, an optional initramfs and a command line.
+    Kernel {
+        /// Kernel image.
+        kernel: PathBuf,
+        /// Initial RAM filesystem.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initramfs: Option<PathBuf>,
+        /// Kernel command line.
+        #[serde(default)]
+        cmdline: String,
+    },
+    /// Firmware boot from the first disk (BIOS or UEFI; QEMU driver only).
+    Firmware {
+        /// Firmware type.
+        firmware: Firmware,
+    },
+}
+
+/// Firmware kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// SeaBIOS.
+    Bios,
+    /// OVMF.
+    Uefi,
+}
+
+/// A block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Image file.
+    pub path: PathBuf,
+    /// Image format (`raw`, `qcow2`, ...); probed when absent is *not* allowed for VMs: a
+    /// guest-writable raw disk must never be re-read as another format.
+    pub format: String,
+    /// Expose the disk read-only.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Serial number the guest sees (up to 20 bytes, virtio-blk's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// A network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// Host TAP device name (the daemon fills it in from a network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// Managed network the NIC joins (daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Guest MAC address; allocated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+}
+
+/// A vsock device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockSpec {
+    /// Guest context ID (3 or more).
+    pub cid: u64,
+    /// Host Unix socket that guest connections reach.
+    pub socket: PathBuf,
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SerialSpec {
+    /// Nowhere.
+    Off,
+    /// The VMM's standard input and output.
+    #[default]
+    Stdio,
+    /// Appended to a file.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A Unix socket the VMM listens on.
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A pseudo-terminal.
+    Pty,
+}
+
+/// Accelerator choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where the host can run the guest, else TCG.
+    #[default]
+    Auto,
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation (QEMU only).
+    Tcg,
+}
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Whether the address is a unicast address (bit 0 of the first byte clear).
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let bad = || {
+            SpecError::new(
+                "mac",
+                format!("'{s}' is not a MAC address like 52:54:00:12:34:56"),
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut mac = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A spec that does not hold: the field at fault and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Dotted path of the field (`disks[1].serial`).
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl SpecError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl VmSpec {
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !self.name.starts_with('.');
+        if !name_ok {
+            return Err(SpecError::new(
+                "name",
+                "use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'",
+            ));
+        }
+        if self.cpus.count == 0 || self.cpus.count > MAX_VCPUS {
+            return Err(SpecError::new(
+                "cpus.count",
+                format!("must be 1 to {MAX_VCPUS}"),
+            ));
+        }
+        if !matches!(self.cpus.threads_per_core, 1 | 2)
+            || self.cpus.count % self.cpus.threads_per_core != 0
+        {
+            return Err(SpecError::new(
+                "cpus.threads_per_core",
+                "must be 1 or 2 and divide cpus.count",
+            ));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory.size_mib) {
+            return Err(SpecError::new(
+                "memory.size_mib",
+                format!("must be {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB"),
+            ));
+        }
+        if let BootSpec::Kernel {
+            kernel, cmdline, ..
+        } = &self.boot
+        {
+            if kernel.as_os_str().is_empty() {
+                return Err(SpecError::new("boot.kernel", "give the kernel image path"));
+            }
+            if cmdline.len() > 4095 || cmdline.contains('\0') {
+                return Err(SpecError::new(
+                    "boot.cmdline",
+                    "must be under 4096 bytes, without NUL",
+                ));
+            }
+        }
+        let mut paths = HashSet::new();
+        for (i, d) in self.disks.iter().enumerate() {
+            if d.path.as_os_str().is_empty() {
+                return Err(SpecError::new(
+                    format!("disks[{i}].path"),
+                    "give the image path",
+                ));
+            }
+            if !paths.insert(&d.path) {
+                return Err(SpecError::new(
+                    format!("disks[{i}].path"),
+                    "the same image is attached twice",
+                ));
+            }
+            const FORMATS: [&str; 7] = ["raw", "qcow2", "vmdk", "vpc", "vhd", "vhdx", "vdi"];
+            if !FORMATS.contains(&d.format.as_str()) {
+                return Err(SpecError::new(
+                    format!("disks[{i}].format"),
+                    format!("'{}' is not one of {}", d.format, FORMATS.join(", ")),
+                ));
+            }
+            if let Some(s) = &d.serial {
+                if s.len() > 20 || !s.is_ascii() {
+                    return Err(SpecError::new(
+                        format!("disks[{i}].serial"),
+                        "at most 20 ASCII characters",
+                    ));
+                }
+            }
+        }
+        let mut macs = HashSet::new();
+        for (i, n) in self.nics.iter().enumerate() {
+            if n.tap.is_none() && n.network.is_none() {
+                return Err(SpecError::new(
+                    format!("nics[{i}]"),
+                    "give a tap device or a network",
+                ));
+            }
+            if let Some(tap) = &n.tap {
+                if tap.is_empty() || tap.len() > 15 || tap.contains('/') {
+                    return Err(SpecError::new(
+                        format!("nics[{i}].tap"),
+                        "interface names are 1 to 15 characters",
+                    ));
+                }
+            }
+            if let Some(mac) = n.mac {
+                if !mac.is_unicast() || mac.0 == [0; 6] {
+                    return Err(SpecError::new(
+                        format!("nics[{i}].mac"),
+                        format!("{mac} is not a unicast address"),
+                    ));
+                }
+                if !macs.insert(mac) {
+                    return Err(SpecError::new(
+                        format!("nics[{i}].mac"),
+                        format!("{mac} is used twice"),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if v.cid < 3 || v.cid > u32::MAX as u64 {
+                return Err(SpecError::new(
+                    "vsock.cid",
+                    "must be 3 to 4294967295 (0-2 are reserved)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        serde_json::from_str(
+            r#"{"name":"web-1","cpus":{"count":2},"memory":{"size_mib":512},
+                "boot":{"kind":"kernel","kernel":"/k/bzImage","cmdline":"console=ttyS0"},
+                "disks":[{"path":"/p/a.qcow2","format":"qcow2","serial":"disk0"}],
+                "nics":[{"tap":"tap0","mac":"52:54:00:12:34:56"}],"rng":true,
+                "vsock":{"cid":3,"socket":"/run/v.sock"}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_good_spec_validates_and_round_trips() {
+        let s = spec();
+        s.validate().unwrap();
+        let back: VmSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<VmSpec>(r#"{"name":"a","memory":{"size_mib":64},"boot":{"kind":"firmware","firmware":"bios"},"cpu":4}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Mutation = Box<dyn Fn(&mut VmSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("name", Box::new(|s| s.name = "bad name!".into())),
+            ("cpus.count", Box::new(|s| s.cpus.count = 0)),
+            ("memory.size_mib", Box::new(|s| s.memory.size_mib = 1)),
+            (
+                "disks[0].format",
+                Box::new(|s| s.disks[0].format = "iso".into()),
+            ),
+            (
+                "disks[0].serial",
+                Box::new(|s| s.disks[0].serial = Some("x".repeat(21))),
+            ),
+            (
+                "nics[0].mac",
+                Box::new(|s| s.nics[0].mac = Some(MacAddr([1, 0, 0, 0, 0, 1]))),
+            ),
+            ("vsock.cid", Box::new(|s| s.vsock.as_mut().unwrap().cid = 2)),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert_eq!(s.validate().unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn mac_addresses_parse_strictly() {
+        assert_eq!(
+            "52:54:00:ab:cd:ef".parse::<MacAddr>().unwrap().to_string(),
+            "52:54:00:ab:cd:ef"
+        );
+        for bad in [
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:efg",
+            "zz:54:00:ab:cd:ef",
+            "",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+}
