@@ -515,7 +515,7 @@ pub(crate) fn build_stream(
         kind: ExtentType::Sparse,
         embedded: true,
         file: None,
-        body: Body::Sparse(ext),
+        body: Body::Sparse(Box::new(ext)),
     };
     Ok(VmdkImage {
         pieces: vec![piece],

@@ -17,7 +17,7 @@ pub enum Access {
     /// Read-only.
     ReadOnly,
     /// Not accessible.
-    NoAccess,
+    Denied,
 }
 
 /// The type of an extent line.
@@ -120,7 +120,7 @@ fn parse_extent(line: &str, lineno: usize) -> Result<ExtentLine> {
     let access = match access {
         "RW" => Access::Rw,
         "RDONLY" => Access::ReadOnly,
-        "NOACCESS" => Access::NoAccess,
+        "NOACCESS" => Access::Denied,
         _ => return Err(bad("unknown extent access mode")),
     };
     let rest = rest.trim_start();
@@ -260,7 +260,7 @@ impl Descriptor {
             let access = match e.access {
                 Access::Rw => "RW",
                 Access::ReadOnly => "RDONLY",
-                Access::NoAccess => "NOACCESS",
+                Access::Denied => "NOACCESS",
             };
             s.push_str(&format!("{access} {} {}", e.sectors, e.kind.name()));
             if let Some(f) = &e.file {

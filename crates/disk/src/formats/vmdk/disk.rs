@@ -24,7 +24,7 @@ pub(crate) enum Body {
     /// Reads as zeroes.
     Zero,
     /// A sparse extent.
-    Sparse(SparseExtent),
+    Sparse(Box<SparseExtent>),
 }
 
 /// One extent of the disk.
@@ -125,7 +125,7 @@ impl VmdkImage {
 
     fn stream_extent(&self) -> Option<&SparseExtent> {
         self.pieces.iter().find_map(|p| match &p.body {
-            Body::Sparse(e) if e.stream.is_some() => Some(e),
+            Body::Sparse(e) if e.stream.is_some() => Some(e.as_ref()),
             _ => None,
         })
     }
@@ -303,7 +303,7 @@ impl BlockImage for VmdkImage {
         let len = buf.len() as u64;
         self.for_pieces(offset, len, |p, rel, n, done| {
             let chunk = &mut buf[done as usize..(done + n) as usize];
-            if p.access == Access::NoAccess {
+            if p.access == Access::Denied {
                 return Err(Error::invalid(format!(
                     "the extent at guest offset {} is NOACCESS",
                     p.start

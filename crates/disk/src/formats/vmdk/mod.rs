@@ -102,7 +102,7 @@ pub(crate) fn open_image(storage: Box<dyn Storage>, ctx: &OpenContext) -> Result
             kind: ExtentType::Sparse,
             embedded: true,
             file: main_path.clone(),
-            body: Body::Sparse(e),
+            body: Body::Sparse(Box::new(e)),
         };
         (desc, vec![piece], None)
     } else {
@@ -286,7 +286,7 @@ fn open_extents(desc: &Descriptor, ctx: &OpenContext, writable: bool) -> Result<
                                 e.capacity_bytes
                             )));
                         }
-                        Body::Sparse(e)
+                        Body::Sparse(Box::new(e))
                     }
                 }
             }
