@@ -450,3 +450,85 @@ fn vmdk_two_gb_split_over_2_gib() {
         assert_info_matches(img.as_ref(), &q);
     }
 }
+
+#[test]
+fn vmdk_our_overlay_on_qemu_base_and_odd_sizes() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(4 << 20);
+    let raw = dir.path().join("p.raw");
+    write_raw(&raw, &data);
+    let basep = dir.path().join("base.vmdk");
+    qemu_ok(&["convert", "-f", "raw", "-O", "vmdk", p(&raw), p(&basep)]);
+    for zeroed in ["off", "on"] {
+        let top = dir.path().join(format!("top-{zeroed}.vmdk"));
+        let mut o = CreateOptions::default();
+        o.backing_file = Some("base.vmdk".into());
+        o.backing_format = Some(Format::Vmdk);
+        o.options.insert("zeroed_grain".into(), zeroed.into());
+        let img = create(&top, Format::Vmdk, &o).unwrap();
+        assert_eq!(img.virtual_size(), data.len() as u64);
+        let mut model = data.clone();
+        // Partial grains copy the rest of the grain up from the backing file.
+        img.write_at(&[0xcd; 777], 1_000_123).unwrap();
+        model[1_000_123..1_000_900].fill(0xcd);
+        img.write_zeroes(65536, 65536 * 3, true).unwrap();
+        model[65536..65536 * 4].fill(0);
+        img.write_zeroes(300, 1000, false).unwrap();
+        model[300..1300].fill(0);
+        img.discard(2 << 20, 65536).unwrap();
+        assert!(read_all(img.as_ref()) == model);
+        img.flush().unwrap();
+        drop(img);
+        let expect = dir.path().join("expect.raw");
+        write_raw(&expect, &model);
+        qemu_ok(&["check", p(&top)]);
+        qemu_ok(&["compare", "-f", "vmdk", "-F", "raw", p(&top), p(&expect)]);
+        let q = qemu_info(&top);
+        assert_eq!(q["backing-filename"], "base.vmdk");
+        let base_cid = qemu_info(&basep)["format-specific"]["data"]["cid"].clone();
+        assert_eq!(q["format-specific"]["data"]["parent-cid"], base_cid);
+        let img = open(&top, &OpenOptions::read(None)).unwrap();
+        assert_info_matches(img.as_ref(), &q);
+    }
+    // A size that is not a sector multiple rounds up, as qemu-img does.
+    let odd = dir.path().join("odd.vmdk");
+    let img = create(&odd, Format::Vmdk, &CreateOptions::sized(1000)).unwrap();
+    assert_eq!(img.virtual_size(), 1024);
+    img.write_at(&[1; 1024], 0).unwrap();
+    drop(img);
+    assert_eq!(qemu_info(&odd)["virtual-size"], 1024);
+    qemu_ok(&["check", p(&odd)]);
+    // Extent files are named as qemu-img names them.
+    let flat = dir.path().join("disk.img");
+    let mut o = CreateOptions::sized(1 << 20);
+    o.options
+        .insert("subformat".into(), "monolithicFlat".into());
+    drop(create(&flat, Format::Vmdk, &o).unwrap());
+    assert!(dir.path().join("disk-flat.img").exists());
+    let noext = dir.path().join("noext");
+    o.options
+        .insert("subformat".into(), "twoGbMaxExtentSparse".into());
+    drop(create(&noext, Format::Vmdk, &o).unwrap());
+    assert!(dir.path().join("noext-s001").exists());
+    qemu_ok(&["check", "-f", "vmdk", p(&noext)]);
+    // Unknown and conflicting options are refused.
+    for (k, v) in [
+        ("cluster_size", "65536"),
+        ("subformat", "vmfs"),
+        ("adapter_type", "scsi"),
+    ] {
+        let mut o = CreateOptions::sized(1 << 20);
+        o.options.insert(k.into(), v.into());
+        assert!(
+            create(&dir.path().join("bad.vmdk"), Format::Vmdk, &o).is_err(),
+            "{k}={v}"
+        );
+    }
+    let mut o = CreateOptions::sized(1 << 20);
+    o.options.insert("compat6".into(), "on".into());
+    o.options.insert("hwversion".into(), "7".into());
+    assert!(create(&dir.path().join("bad.vmdk"), Format::Vmdk, &o).is_err());
+}

@@ -148,12 +148,12 @@ fn file_name(p: &Path) -> Result<String> {
         .ok_or_else(|| Error::invalid(format!("'{}' has no usable file name", p.display())))
 }
 
-/// `dir/stem{suffix}.ext` next to the descriptor.
+/// `stem{suffix}.ext` (or `name{suffix}` without an extension), as qemu-img names extents.
 fn side_name(path: &Path, suffix: &str) -> Result<String> {
     let name = file_name(path)?;
     Ok(match name.rsplit_once('.') {
         Some((stem, ext)) if !stem.is_empty() => format!("{stem}{suffix}.{ext}"),
-        _ => format!("{name}{suffix}.vmdk"),
+        _ => format!("{name}{suffix}"),
     })
 }
 
