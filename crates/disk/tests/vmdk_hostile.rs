@@ -332,8 +332,10 @@ fn vmdk_hostile_descriptors() {
     let err = open(&p, &OpenOptions::read(None)).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
     // Backing files are refused where the caller forbids them.
-    let mut o = CreateOptions::sized(1 << 20);
-    o.backing_file = Some("small.vmdk".into());
+    let o = CreateOptions {
+        backing_file: Some("small.vmdk".into()),
+        ..CreateOptions::sized(1 << 20)
+    };
     drop(create(&dir.path().join("top.vmdk"), Format::Vmdk, &o).unwrap());
     let mut ro = OpenOptions::read(None);
     ro.allow_backing = false;

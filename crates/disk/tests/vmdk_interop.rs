@@ -464,9 +464,11 @@ fn vmdk_our_overlay_on_qemu_base_and_odd_sizes() {
     qemu_ok(&["convert", "-f", "raw", "-O", "vmdk", p(&raw), p(&basep)]);
     for zeroed in ["off", "on"] {
         let top = dir.path().join(format!("top-{zeroed}.vmdk"));
-        let mut o = CreateOptions::default();
-        o.backing_file = Some("base.vmdk".into());
-        o.backing_format = Some(Format::Vmdk);
+        let mut o = CreateOptions {
+            backing_file: Some("base.vmdk".into()),
+            backing_format: Some(Format::Vmdk),
+            ..Default::default()
+        };
         o.options.insert("zeroed_grain".into(), zeroed.into());
         let img = create(&top, Format::Vmdk, &o).unwrap();
         assert_eq!(img.virtual_size(), data.len() as u64);
