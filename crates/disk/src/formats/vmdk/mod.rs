@@ -18,7 +18,9 @@
 //! Grains are appended at the end of the extent file. A write to an unallocated grain writes
 //! the whole grain (filled from the backing image or zeroes) first, then the GT entry (primary,
 //! then redundant), so a crash leaves at most a leaked grain. New grain tables are written
-//! zeroed before the directory entry that points at them. Allocation is serialized by the
+//! zeroed before the directory entry that points at them. The order is the order of the
+//! pwrites (no fsync between data and table entry, as in qemu): it holds against a killed
+//! process; `flush` syncs every extent file. Allocation is serialized by the
 //! extent's metadata mutex; writes to allocated grains run in parallel outside it. A
 //! streamOptimized image is written once, in increasing grain order (`write_at` or
 //! [`crate::CompressedWrite`]); `finish` (or dropping the image) writes the last GT, the GD,
