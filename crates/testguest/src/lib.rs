@@ -64,16 +64,46 @@ impl PageTables {
 #[link_section = ".pt"]
 static PAGE_TABLES: PageTables = PageTables::build();
 
-/// GDT: null, kernel code64 (0x08), kernel data (0x10), user data (0x18), user code64 (0x20).
+/// GDT: null, kernel code64 (0x08), kernel data (0x10), user data (0x18), user code64 (0x20),
+/// and a 16-byte TSS descriptor (0x28) filled in at run time.
 #[used]
 #[no_mangle]
-static GUEST_GDT: [u64; 5] = [
+static mut GUEST_GDT: [u64; 7] = [
     0,
     0x00af_9a00_0000_ffff,
     0x00cf_9200_0000_ffff,
     0x00cf_f200_0000_ffff,
     0x00af_fa00_0000_ffff,
+    0,
+    0,
 ];
+
+/// A 64-bit TSS followed by an all-zero I/O permission bitmap: every port is allowed from
+/// ring 3. (IOPL 3 is set as well, but nested hypervisors such as PVM check the bitmap.)
+#[repr(C, packed)]
+struct Tss {
+    reserved0: u32,
+    rsp: [u64; 3],
+    reserved1: u64,
+    ist: [u64; 7],
+    reserved2: u64,
+    reserved3: u16,
+    iomap_base: u16,
+    iomap: [u8; 8192],
+    iomap_end: u8,
+}
+
+static mut TSS: Tss = Tss {
+    reserved0: 0,
+    rsp: [0; 3],
+    reserved1: 0,
+    ist: [0; 7],
+    reserved2: 0,
+    reserved3: 0,
+    iomap_base: 104,
+    iomap: [0; 8192],
+    iomap_end: 0xff,
+};
 
 global_asm!(
     r#"
@@ -159,7 +189,7 @@ _start64:
 #[repr(C, packed)]
 struct GdtPointer {
     limit: u16,
-    base: *const [u64; 5],
+    base: *const [u64; 7],
 }
 
 // SAFETY: the pointer is to an immutable static; it is only read by `lgdt`.
@@ -167,7 +197,7 @@ unsafe impl Sync for GdtPointer {}
 
 #[used]
 #[no_mangle]
-static GDT_POINTER: GdtPointer = GdtPointer { limit: 5 * 8 - 1, base: &GUEST_GDT };
+static GDT_POINTER: GdtPointer = GdtPointer { limit: 7 * 8 - 1, base: core::ptr::addr_of!(GUEST_GDT) };
 
 const STACK_SIZE: usize = 64 * 1024;
 
@@ -180,11 +210,29 @@ static mut USER_STACK: Stack = Stack([0; STACK_SIZE]);
 /// Ring 0's last step: leave for ring 3 with IOPL 3 and interrupts off.
 #[no_mangle]
 unsafe extern "C" fn enter_user(info: u64, kind: u64) -> ! {
+    // SAFETY: single-threaded ring-0 start-up code; nothing else touches the GDT or TSS yet.
+    unsafe {
+        let tss = core::ptr::addr_of_mut!(TSS);
+        (*tss).rsp[0] = core::ptr::addr_of_mut!(KERNEL_STACK) as u64 + STACK_SIZE as u64;
+        let base = tss as u64;
+        let limit = core::mem::size_of::<Tss>() as u64 - 1;
+        let gdt = core::ptr::addr_of_mut!(GUEST_GDT);
+        (*gdt)[5] = (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((base >> 24) & 0xff) << 56);
+        (*gdt)[6] = base >> 32;
+        core::arch::asm!("ltr {0:x}", in(reg) 0x28u16, options(nostack));
+    }
     let user_rsp = core::ptr::addr_of_mut!(USER_STACK) as u64 + STACK_SIZE as u64;
     // SAFETY: builds an iretq frame to ring 3 (CS 0x23, SS 0x1b) with IOPL 3; the page tables
     // map everything user-accessible, and `user_main` never returns.
     unsafe {
         core::arch::asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x3000",
+            "popfq",
             "push 0x1b",
             "push {rsp}",
             "push 0x3002",

@@ -1,0 +1,3 @@
+//! Architecture-specific machine setup.
+
+pub mod x86_64;

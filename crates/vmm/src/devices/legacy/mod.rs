@@ -1,0 +1,5 @@
+//! PC legacy devices: 16550 serial, i8042 (reset line), the debug-exit port.
+
+pub mod debug_exit;
+pub mod i8042;
+pub mod serial;

@@ -1,0 +1,156 @@
+//! The only place that issues KVM ioctls: opening `/dev/kvm`, creating the VM with its
+//! in-kernel irqchip and PIT, registering memory, irqfds and ioeventfds, and creating vCPUs.
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemory, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMem;
+
+/// Errors from KVM.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// `/dev/kvm` cannot be opened.
+    #[error("cannot open /dev/kvm (is KVM enabled and are you in the kvm group?): {0}")]
+    Open(#[source] kvm_ioctls::Error),
+    /// An ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Ioctl {
+        /// Which operation.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, KvmError> {
+    r.map_err(|source| KvmError::Ioctl { what, source })
+}
+
+/// Address of the three-page TSS region KVM needs on Intel hosts.
+pub const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// An open KVM VM.
+pub struct KvmVm {
+    /// The KVM system handle.
+    pub kvm: Kvm,
+    /// The VM handle.
+    pub vm: VmFd,
+    /// CPUID entries KVM supports on this host.
+    pub supported_cpuid: CpuId,
+}
+
+impl KvmVm {
+    /// Opens KVM and creates a VM with an in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
+    pub fn create() -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(KvmError::Open)?;
+        let vm = ioctl("KVM_CREATE_VM", kvm.create_vm())?;
+        ioctl("KVM_SET_TSS_ADDR", vm.set_tss_address(TSS_ADDRESS))?;
+        ioctl("KVM_CREATE_IRQCHIP", vm.create_irq_chip())?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        ioctl("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
+        let supported_cpuid = ioctl(
+            "KVM_GET_SUPPORTED_CPUID",
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+        )?;
+        Ok(KvmVm {
+            kvm,
+            vm,
+            supported_cpuid,
+        })
+    }
+
+    /// Registers every region of `mem` as a KVM memory slot, with dirty logging if asked.
+    pub fn register_memory(&self, mem: &GuestMem, dirty_log: bool) -> Result<(), KvmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| KvmError::Ioctl {
+                    what: "memory region lookup",
+                    source: kvm_ioctls::Error::new(libc::EINVAL),
+                })?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: if dirty_log {
+                    kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM (the VM
+            // struct holds both and drops the VM fd first), and regions do not overlap.
+            ioctl("KVM_SET_USER_MEMORY_REGION", unsafe {
+                self.vm.set_user_memory_region(r)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Routes `evt` to interrupt line `gsi`.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), KvmError> {
+        ioctl("KVM_IRQFD", self.vm.register_irqfd(evt, gsi))
+    }
+
+    /// Creates vCPU `id`.
+    pub fn create_vcpu(&self, id: u64) -> Result<VcpuFd, KvmError> {
+        ioctl("KVM_CREATE_VCPU", self.vm.create_vcpu(id))
+    }
+}
+
+pub use kvm_ioctls::VcpuExit;
+
+/// vCPU register and state ioctls, kept here with the rest.
+pub mod vcpu {
+    use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_regs, kvm_sregs, CpuId, Msrs};
+    use kvm_ioctls::VcpuFd;
+
+    use super::{ioctl, KvmError};
+
+    /// Sets CPUID.
+    pub fn set_cpuid(fd: &VcpuFd, cpuid: &CpuId) -> Result<(), KvmError> {
+        ioctl("KVM_SET_CPUID2", fd.set_cpuid2(cpuid))
+    }
+    /// Reads general registers.
+    pub fn regs(fd: &VcpuFd) -> Result<kvm_regs, KvmError> {
+        ioctl("KVM_GET_REGS", fd.get_regs())
+    }
+    /// Writes general registers.
+    pub fn set_regs(fd: &VcpuFd, r: &kvm_regs) -> Result<(), KvmError> {
+        ioctl("KVM_SET_REGS", fd.set_regs(r))
+    }
+    /// Reads special registers.
+    pub fn sregs(fd: &VcpuFd) -> Result<kvm_sregs, KvmError> {
+        ioctl("KVM_GET_SREGS", fd.get_sregs())
+    }
+    /// Writes special registers.
+    pub fn set_sregs(fd: &VcpuFd, r: &kvm_sregs) -> Result<(), KvmError> {
+        ioctl("KVM_SET_SREGS", fd.set_sregs(r))
+    }
+    /// Writes FPU state.
+    pub fn set_fpu(fd: &VcpuFd, f: &kvm_fpu) -> Result<(), KvmError> {
+        ioctl("KVM_SET_FPU", fd.set_fpu(f))
+    }
+    /// Writes MSRs; returns how many were written.
+    pub fn set_msrs(fd: &VcpuFd, m: &Msrs) -> Result<usize, KvmError> {
+        ioctl("KVM_SET_MSRS", fd.set_msrs(m))
+    }
+    /// Reads the local APIC.
+    pub fn lapic(fd: &VcpuFd) -> Result<kvm_lapic_state, KvmError> {
+        ioctl("KVM_GET_LAPIC", fd.get_lapic())
+    }
+    /// Writes the local APIC.
+    pub fn set_lapic(fd: &VcpuFd, l: &kvm_lapic_state) -> Result<(), KvmError> {
+        ioctl("KVM_SET_LAPIC", fd.set_lapic(l))
+    }
+}

@@ -1,0 +1,115 @@
+//! `paddock-vmm`: boots one VM on KVM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use paddock_vmm::boot::{BootConfig, EntryChoice};
+use paddock_vmm::vm::{self, VmConfig};
+
+/// Boots a VM on KVM: Linux direct boot (bzImage or ELF, 64-bit or PVH entry).
+#[derive(Parser, Debug)]
+#[command(name = "paddock-vmm", version, about)]
+struct Args {
+    /// Kernel image (bzImage, or ELF vmlinux / test guest).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial RAM filesystem.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    cpus: u8,
+    /// Guest memory (K, M, G suffixes).
+    #[arg(long, default_value = "512M", value_parser = parse_memory)]
+    memory: u64,
+    /// Serial console: stdio, off, or file=PATH.
+    #[arg(long, default_value = "stdio")]
+    serial: String,
+    /// Entry point: auto (PVH when the ELF has the note), linux64 or pvh.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "linux64", "pvh"])]
+    boot_entry: String,
+    /// Provide the debug-exit port 0xf4 (a guest write ends the VM with that status).
+    #[arg(long)]
+    debug_exit: bool,
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let (num, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 512M"))?;
+    let bytes = n
+        .checked_shl(shift)
+        .filter(|b| b >> shift == n)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if bytes < 16 << 20 || bytes % 4096 != 0 {
+        return Err(format!(
+            "'{s}': memory must be at least 16M and a multiple of 4K"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let serial_out: Box<dyn std::io::Write + Send> = match args.serial.as_str() {
+        "stdio" => Box::new(std::io::stdout()),
+        "off" => Box::new(std::io::sink()),
+        s if s.starts_with("file=") => {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&s[5..])
+            {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    eprintln!("paddock-vmm: --serial {s}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        other => {
+            eprintln!("paddock-vmm: --serial '{other}': use stdio, off or file=PATH");
+            return ExitCode::from(2);
+        }
+    };
+    let entry = match args.boot_entry.as_str() {
+        "linux64" => EntryChoice::Linux64,
+        "pvh" => EntryChoice::Pvh,
+        _ => EntryChoice::Auto,
+    };
+    let cfg = VmConfig {
+        boot: BootConfig {
+            kernel: args.kernel,
+            initramfs: args.initramfs,
+            cmdline: args.cmdline,
+            entry,
+        },
+        cpus: args.cpus,
+        memory: args.memory,
+        serial_out,
+        debug_exit: args.debug_exit,
+        dirty_log: false,
+    };
+    match vm::run(cfg) {
+        Ok(status) => {
+            if status.code != 0 {
+                eprintln!("paddock-vmm: {}", status.reason);
+            }
+            ExitCode::from(status.code.clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("paddock-vmm: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

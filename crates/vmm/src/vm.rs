@@ -1,0 +1,138 @@
+//! Builds and runs a VM: memory, KVM, legacy devices, boot, vCPU threads.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{cpuid, regs, BOOT_STACK};
+use crate::boot::{self, BootConfig, Entry};
+use crate::bus::Bus;
+use crate::devices::legacy::{debug_exit, i8042, serial};
+use crate::exit::{ExitSignal, ExitStatus};
+use crate::kvm::KvmVm;
+use crate::memory;
+use crate::vcpu::{self, Buses};
+
+/// What a VM is made of.
+pub struct VmConfig {
+    /// Kernel, initramfs, command line.
+    pub boot: BootConfig,
+    /// vCPU count.
+    pub cpus: u8,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Where serial output goes.
+    pub serial_out: Box<dyn Write + Send>,
+    /// Provide the debug-exit port.
+    pub debug_exit: bool,
+    /// Track dirty pages in every region (for migration).
+    pub dirty_log: bool,
+}
+
+/// Errors starting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// KVM.
+    #[error(transparent)]
+    Kvm(#[from] crate::kvm::KvmError),
+    /// Boot loading.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// Device setup.
+    #[error("device setup: {0}")]
+    Device(String),
+}
+
+/// Boots the VM and blocks until it ends.
+pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
+    let mem = memory::create(cfg.memory)?;
+    let kvm = KvmVm::create()?;
+    kvm.register_memory(&mem, cfg.dirty_log)?;
+    regs::write_boot_tables(&mem)?;
+    let entry = boot::load(&mem, &cfg.boot)?;
+
+    let exit = ExitSignal::new().map_err(|e| VmError::Device(format!("exit eventfd: {e}")))?;
+    let mut pio = Bus::new();
+    let irq = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| VmError::Device(format!("serial irq: {e}")))?;
+    kvm.register_irqfd(&irq, serial::COM1_IRQ)?;
+    let com1 = Arc::new(Mutex::new(serial::SerialDevice::new(irq, cfg.serial_out)));
+    let dev = |e: crate::bus::BusError| VmError::Device(e.to_string());
+    pio.insert(com1, serial::COM1, 8).map_err(dev)?;
+    pio.insert(
+        Arc::new(Mutex::new(i8042::I8042::new(exit.clone()))),
+        i8042::BASE,
+        5,
+    )
+    .map_err(dev)?;
+    if cfg.debug_exit {
+        pio.insert(
+            Arc::new(Mutex::new(debug_exit::DebugExit::new(exit.clone()))),
+            debug_exit::PORT,
+            4,
+        )
+        .map_err(dev)?;
+    }
+    let buses = Buses {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::new()),
+    };
+
+    let mut threads = Vec::new();
+    for id in 0..cfg.cpus {
+        let fd = kvm.create_vcpu(id as u64)?;
+        crate::kvm::vcpu::set_cpuid(&fd, &cpuid::for_vcpu(&kvm.supported_cpuid, id, cfg.cpus, 1))?;
+        regs::set_boot_msrs(&fd)?;
+        regs::set_fpu(&fd)?;
+        regs::set_lint(&fd)?;
+        if id == 0 {
+            match entry {
+                Entry::Linux64 { rip, zero_page } => {
+                    regs::set_long_mode_sregs(&fd)?;
+                    regs::set_entry_regs(&fd, rip, BOOT_STACK, zero_page, 0)?;
+                }
+                Entry::Pvh { rip, start_info } => {
+                    regs::set_pvh_sregs(&fd)?;
+                    regs::set_entry_regs(&fd, rip, 0, 0, start_info)?;
+                }
+            }
+        }
+        let (b, e) = (buses.clone(), exit.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu::run(id as u64, fd, b, e))
+                .map_err(|e| VmError::Device(format!("vCPU thread: {e}")))?,
+        );
+    }
+    // Wait for the first exit request.
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(exit.event()),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: polls one valid, owned eventfd descriptor; `pfd` lives across the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r > 0 || exit.status().is_some() {
+            break;
+        }
+    }
+    // Keep `mem` and `kvm` alive until here: vCPU threads may still be inside KVM_RUN; the
+    // process exits right after, so they are not joined.
+    let status = exit.status().unwrap_or(ExitStatus {
+        code: 1,
+        reason: "no exit status".into(),
+    });
+    drop(threads);
+    std::mem::forget(kvm);
+    std::mem::forget(mem);
+    Ok(status)
+}
