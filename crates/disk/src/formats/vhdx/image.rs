@@ -127,6 +127,18 @@ impl VhdxImage {
         alloc.dirty.insert(at - at % 4096);
     }
 
+    /// The file offset of an allocated block, refused when it points into metadata.
+    fn payload_at(&self, block: u64, e: u64) -> Result<u64> {
+        let at = bat_offset(e);
+        match self.layout.overlaps(at, self.block_len(block)) {
+            None => Ok(at),
+            Some(what) => Err(Error::corrupt(format!(
+                "BAT entry {} of block {block} points at 0x{at:x}, inside the {what}",
+                self.geo.payload_index(block)
+            ))),
+        }
+    }
+
     fn block_len(&self, block: u64) -> u64 {
         let start = block * self.geo.block_size;
         self.geo.block_size.min(self.geo.virtual_size - start)
@@ -164,11 +176,17 @@ impl VhdxImage {
         }
         let idx = self.geo.bitmap_index(chunk);
         let e = self.bat_read().get(idx).copied().unwrap_or(0);
-        if bat_state(e) != SB_PRESENT || bat_offset(e) == 0 {
+        if bat_state(e) != SB_PRESENT
+            || self
+                .layout
+                .overlaps(bat_offset(e), SECTOR_BITMAP_SIZE)
+                .is_some()
+        {
             return Err(Error::corrupt(format!(
-                "sector bitmap entry {idx} (state {}) is not present for a partially \
-                 present block",
-                bat_state(e)
+                "sector bitmap entry {idx} (state {}, offset 0x{:x}) is not usable for a \
+                 partially present block",
+                bat_state(e),
+                bat_offset(e)
             )));
         }
         let mut b = vec![0u8; SECTOR_BITMAP_SIZE as usize];
@@ -210,7 +228,7 @@ impl VhdxImage {
         let in_block = offset % self.geo.block_size;
         let e = self.entry(block);
         match bat_state(e) {
-            PAYLOAD_FULLY_PRESENT => self.read_file(buf, bat_offset(e) + in_block),
+            PAYLOAD_FULLY_PRESENT => self.read_file(buf, self.payload_at(block, e)? + in_block),
             PAYLOAD_ZERO => {
                 buf.fill(0);
                 Ok(())
@@ -219,13 +237,14 @@ impl VhdxImage {
                 self.read_parent(buf, offset)
             }
             PAYLOAD_PARTIALLY_PRESENT if self.geo.has_parent => {
+                let base = self.payload_at(block, e)?;
                 let mut done = 0usize;
                 while done < buf.len() {
                     let at = offset + done as u64;
                     let (present, n) = self.partial_run(at, (buf.len() - done) as u64)?;
                     let part = &mut buf[done..done + n as usize];
                     if present {
-                        self.read_file(part, bat_offset(e) + (at % self.geo.block_size))?;
+                        self.read_file(part, base + (at % self.geo.block_size))?;
                     } else {
                         self.read_parent(part, at)?;
                     }
@@ -292,7 +311,7 @@ impl VhdxImage {
     fn write_block(&self, data: &[u8], block: u64, in_block: u64) -> Result<()> {
         let e = self.entry(block);
         if bat_state(e) == PAYLOAD_FULLY_PRESENT {
-            let at = bat_offset(e) + in_block;
+            let at = self.payload_at(block, e)? + in_block;
             return self
                 .storage
                 .write_all_at(data, at)
@@ -305,7 +324,7 @@ impl VhdxImage {
         match bat_state(e) {
             PAYLOAD_FULLY_PRESENT => {
                 drop(alloc);
-                let at = bat_offset(e) + in_block;
+                let at = self.payload_at(block, e)? + in_block;
                 self.storage
                     .write_all_at(data, at)
                     .ctx(|| format!("writing payload at 0x{at:x}"))
@@ -313,7 +332,7 @@ impl VhdxImage {
             PAYLOAD_PARTIALLY_PRESENT => {
                 // Complete the block in place: sectors absent here get the parent's data,
                 // then the state flips to fully present.
-                let at = bat_offset(e);
+                let at = self.payload_at(block, e)?;
                 self.fill_block(at, block, data, in_block, true)?;
                 self.set_entry(&mut alloc, index, bat_entry(PAYLOAD_FULLY_PRESENT, at));
                 Ok(())
@@ -401,7 +420,7 @@ impl VhdxImage {
         let state = bat_state(e);
         if state == PAYLOAD_FULLY_PRESENT && (!whole || !unmap || self.leave_allocated) {
             // Keep the allocation; the file range becomes a hole or zeroes.
-            let at = bat_offset(e) + in_block;
+            let at = self.payload_at(block, e)? + in_block;
             return self
                 .storage
                 .punch_hole(at, len)
@@ -420,10 +439,11 @@ impl VhdxImage {
                 PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT
             ) {
                 // The block is no longer referenced in memory; give its space back.
-                let at = bat_offset(e);
-                self.storage
-                    .punch_hole(at, self.geo.block_size)
-                    .ctx(|| format!("discarding payload at 0x{at:x}"))?;
+                if let Ok(at) = self.payload_at(block, e) {
+                    self.storage
+                        .punch_hole(at, self.block_len(block))
+                        .ctx(|| format!("discarding payload at 0x{at:x}"))?;
+                }
             }
             return Ok(());
         }
@@ -450,13 +470,21 @@ impl VhdxImage {
             ExtentKind::Zero
         };
         Ok(match bat_state(e) {
-            PAYLOAD_FULLY_PRESENT => (ExtentKind::Data, Some(bat_offset(e) + in_block), len),
+            PAYLOAD_FULLY_PRESENT => (
+                ExtentKind::Data,
+                Some(self.payload_at(block, e)? + in_block),
+                len,
+            ),
             PAYLOAD_ZERO => (ExtentKind::Zero, None, len),
             PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_UNMAPPED => (absent, None, len),
             PAYLOAD_PARTIALLY_PRESENT if self.geo.has_parent => {
                 let (present, n) = self.partial_run(offset, len)?;
                 if present {
-                    (ExtentKind::Data, Some(bat_offset(e) + in_block), n)
+                    (
+                        ExtentKind::Data,
+                        Some(self.payload_at(block, e)? + in_block),
+                        n,
+                    )
                 } else {
                     (ExtentKind::Unallocated, None, n)
                 }
