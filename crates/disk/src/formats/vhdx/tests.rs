@@ -485,3 +485,114 @@ fn create_options_are_checked() {
     assert_eq!(super::create::auto_block_size(2 << 30), 16 * MIB);
     assert_eq!(super::create::auto_block_size(200 << 30), 32 * MIB);
 }
+
+#[test]
+fn log_replays_the_newest_sequence_from_its_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = make(dir.path(), "l.vhdx", 8 << 20, &[("block_size", "1M")]);
+    let img = open(&p, &OpenOptions::write(Some(Format::Vhdx))).unwrap();
+    img.write_at(&pattern(1 << 20, 7), 0).unwrap();
+    drop(img);
+    let s = FileStorage::open(&p, true).unwrap();
+    let (mut h, slot, _) = read_headers(&s).unwrap();
+    let bat_at = h.log_end() + MIB;
+    let mut e0 = [0u8; 8];
+    s.read_exact_at(&mut e0, bat_at).unwrap();
+    let block0 = bat_offset(u64::from_le_bytes(e0));
+    h.log_guid = Uuid::new_v4();
+    h.seq += 1;
+    let len = s.len().unwrap();
+    let entry = |seq: u64, at: u64, tail: u64, fill: u8, sector: u64| {
+        let data = vec![fill; 4096];
+        write_entry(
+            &s,
+            &h,
+            &NewEntry {
+                seq,
+                at,
+                tail,
+                data: &[(block0 + sector * 4096, &data)],
+                zeros: &[],
+                flushed_file_offset: len,
+                last_file_offset: len,
+            },
+        )
+        .unwrap()
+    };
+    // A stale older sequence, then the active one: seq 5 at 0 (the tail), seq 6 after it.
+    entry(2, 64 << 10, 64 << 10, 0x11, 1);
+    let l = entry(5, 0, 0, 0x55, 2);
+    entry(6, l, 0, 0x66, 3);
+    // A lone entry with a higher number but a foreign log GUID is not part of any sequence.
+    let mut foreign = h.clone();
+    foreign.log_guid = Uuid::new_v4();
+    write_entry(
+        &s,
+        &foreign,
+        &NewEntry {
+            seq: 99,
+            at: 512 << 10,
+            tail: 512 << 10,
+            data: &[(block0, &[0x99; 4096])],
+            zeros: &[],
+            flushed_file_offset: len,
+            last_file_offset: len,
+        },
+    )
+    .unwrap();
+    s.write_all_at(&h.to_bytes(), HEADER_OFFSETS[1 - slot])
+        .unwrap();
+    drop(s);
+    let img = open(&p, &OpenOptions::read(Some(Format::Vhdx))).unwrap();
+    assert!(img.info().dirty);
+    let b = read(&*img, 0, 5 * 4096);
+    let orig = pattern(1 << 20, 7);
+    assert_eq!(b[..4096], orig[..4096], "foreign entry must not replay");
+    assert_eq!(
+        b[4096..8192],
+        orig[4096..8192],
+        "stale sequence must not replay"
+    );
+    assert!(b[8192..12288].iter().all(|&x| x == 0x55));
+    assert!(b[12288..16384].iter().all(|&x| x == 0x66));
+    assert_eq!(b[16384..], orig[16384..5 * 4096]);
+}
+
+#[test]
+fn log_entries_may_wrap_around_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = make(
+        dir.path(),
+        "w.vhdx",
+        8 << 20,
+        &[("subformat", "fixed"), ("block_size", "1M")],
+    );
+    let s = FileStorage::open(&p, true).unwrap();
+    let (mut h, slot, _) = read_headers(&s).unwrap();
+    h.log_guid = Uuid::new_v4();
+    h.seq += 1;
+    let len = s.len().unwrap();
+    let at = u64::from(h.log_length) - 4096;
+    let target = len - 4096;
+    write_entry(
+        &s,
+        &h,
+        &NewEntry {
+            seq: 1,
+            at,
+            tail: at,
+            data: &[(target, &[0x77; 4096])],
+            zeros: &[],
+            flushed_file_offset: len,
+            last_file_offset: len,
+        },
+    )
+    .unwrap();
+    s.write_all_at(&h.to_bytes(), HEADER_OFFSETS[1 - slot])
+        .unwrap();
+    drop(s);
+    let img = open(&p, &OpenOptions::write(Some(Format::Vhdx))).unwrap();
+    assert!(read(&*img, (8 << 20) - 4096, 4096)
+        .iter()
+        .all(|&x| x == 0x77));
+}
