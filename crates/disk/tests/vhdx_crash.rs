@@ -15,9 +15,7 @@ const OPS: usize = 16;
 fn op(i: usize) -> (u64, Vec<u8>) {
     let at = i as u64 * (3 << 19) + (i as u64 % 3) * 4096;
     let len = 65536 + i * 1000;
-    let data = (0..len)
-        .map(|k| ((k * 7 + i * 13) as u8) | 1)
-        .collect();
+    let data = (0..len).map(|k| ((k * 7 + i * 13) as u8) | 1).collect();
     (at, data)
 }
 
@@ -42,20 +40,16 @@ fn crash_child() {
 }
 
 fn qemu_ok(args: &[&str]) -> Option<bool> {
-    Command::new("qemu-img")
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| {
-            if !o.status.success() {
-                eprintln!(
-                    "qemu-img {args:?}: {}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                );
-            }
-            o.status.success()
-        })
+    Command::new("qemu-img").args(args).output().ok().map(|o| {
+        if !o.status.success() {
+            eprintln!(
+                "qemu-img {args:?}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        o.status.success()
+    })
 }
 
 #[test]

@@ -113,7 +113,17 @@ fn vhdx_reads_what_qemu_img_writes() {
     ];
     for (i, o) in combos.iter().enumerate() {
         let img_path = dir.path().join(format!("q{i}.vhdx"));
-        qemu(&["convert", "-f", "raw", "-O", "vhdx", "-o", o, s(&raw), s(&img_path)]);
+        qemu(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vhdx",
+            "-o",
+            o,
+            s(&raw),
+            s(&img_path),
+        ]);
         let back = dir.path().join(format!("q{i}.raw"));
         qemu(&["convert", "-f", "vhdx", "-O", "raw", s(&img_path), s(&back)]);
         let expect = std::fs::read(&back).unwrap();
@@ -127,11 +137,19 @@ fn vhdx_reads_what_qemu_img_writes() {
         )
         .unwrap();
         let mine = img.info();
-        assert_eq!(mine.virtual_size, info["virtual-size"].as_u64().unwrap(), "{o}");
+        assert_eq!(
+            mine.virtual_size,
+            info["virtual-size"].as_u64().unwrap(),
+            "{o}"
+        );
         assert_eq!(mine.cluster_size, info["cluster-size"].as_u64(), "{o}");
         assert_eq!(mine.dirty, info["dirty-flag"].as_bool().unwrap(), "{o}");
         assert_eq!(mine.format.to_string(), info["format"].as_str().unwrap());
-        let want_sub = if o.contains("fixed") { "fixed" } else { "dynamic" };
+        let want_sub = if o.contains("fixed") {
+            "fixed"
+        } else {
+            "dynamic"
+        };
         assert_eq!(mine.subformat.as_deref(), Some(want_sub), "{o}");
         if let Some(ls) = o.split(',').find_map(|kv| kv.strip_prefix("log_size=")) {
             assert_eq!(
