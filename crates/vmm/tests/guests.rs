@@ -1,0 +1,69 @@
+//! The test guests under real KVM: each boots, reports on COM1, and ends the VM with a status.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn hello_guest_boots_on_the_64_bit_and_pvh_entries() {
+    if !kvm_available("hello_guest_boots_on_the_64_bit_and_pvh_entries") {
+        return;
+    }
+    let hello = guest("hello");
+    for (entry, expect) in [("linux64", "entry=Linux64"), ("pvh", "entry=Pvh")] {
+        let o = vmm(&[
+            "--kernel",
+            hello.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--debug-exit",
+            "--boot-entry",
+            entry,
+            "--cmdline",
+            "paddock.test=hello",
+        ]);
+        let text = out(&o);
+        assert_eq!(o.status.code(), Some(0), "{entry}: {text}{}", err(&o));
+        assert!(
+            text.contains("Hello from the Paddock test guest"),
+            "{entry}: {text}"
+        );
+        assert!(text.contains(expect), "{entry}: {text}");
+        assert!(
+            text.contains("cmdline=paddock.test=hello"),
+            "{entry}: {text}"
+        );
+        // 128 MiB minus the EBDA-to-1MiB gap: the guest saw the e820 / PVH memory map.
+        assert!(text.contains("ram=127 MiB regions=2"), "{entry}: {text}");
+    }
+}
+
+#[test]
+fn a_triple_fault_ends_the_vm_with_a_nonzero_status_and_a_register_dump() {
+    if !kvm_available("a_triple_fault_ends_the_vm_with_a_nonzero_status_and_a_register_dump") {
+        return;
+    }
+    let o = vmm(&[
+        "--kernel",
+        guest("crash").to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}{}", out(&o), err(&o));
+    assert!(err(&o).contains("triple fault"), "{}", err(&o));
+    assert!(err(&o).contains("rip="), "{}", err(&o));
+}
+
+#[test]
+fn bad_options_exit_2_and_name_the_option() {
+    let o = vmm(&["--kernel", "/nonexistent", "--memory", "1K"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("--memory"), "{}", err(&o));
+    let o = vmm(&["--kernel", "/nonexistent", "--serial", "carrier-pigeon"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("--serial"), "{}", err(&o));
+    let o = vmm(&["--kernel", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("/nonexistent"), "{}", err(&o));
+}
