@@ -215,6 +215,7 @@ pub fn convert(
         let dispatch = || -> Result<()> {
             let mut at = 0u64;
             let mut seq = 0u64;
+            let mut covered = 0u64;
             while at < size {
                 if progress.is_cancelled() {
                     return Ok(());
@@ -240,14 +241,26 @@ pub fn convert(
                 match kind {
                     ExtentKind::Unallocated if opts.top_only => progress.advance(end - at),
                     ExtentKind::Zero | ExtentKind::Unallocated => {
-                        if !opts.target_is_zero {
-                            dst.write_zeroes(at, end - at, true)?;
+                        let zero_from = at.max(covered).min(end);
+                        if !opts.target_is_zero && zero_from < end {
+                            dst.write_zeroes(zero_from, end - zero_from, true)?;
                         }
                         stats.lock().unwrap_or_else(|p| p.into_inner()).bytes_zero += end - at;
                         progress.advance(end - at);
                     }
                     ExtentKind::Data => {
-                        let mut o = at;
+                        // Compressed output works in whole units: widen the run to unit
+                        // boundaries, skipping what an earlier run already covered.
+                        let (mut o, end) = if unit > 1 {
+                            (
+                                at / unit * unit,
+                                end.div_ceil(unit).saturating_mul(unit).min(size),
+                            )
+                        } else {
+                            (at, end)
+                        };
+                        o = o.max(covered);
+                        covered = covered.max(end);
                         while o < end {
                             // Chunks are aligned to `chunk` so compression units line up.
                             let stop = ((o / chunk + 1) * chunk).min(end);

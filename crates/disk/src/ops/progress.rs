@@ -33,9 +33,14 @@ impl Progress {
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
-    /// Processed bytes so far.
+    /// Processed bytes so far (never more than the total, although compressed output may
+    /// count a unit that straddles a zero run twice).
     pub fn done(&self) -> u64 {
-        self.done.load(Ordering::Relaxed)
+        let done = self.done.load(Ordering::Relaxed);
+        match self.total() {
+            0 => done,
+            t => done.min(t),
+        }
     }
     /// Bytes written to the target so far.
     pub fn written(&self) -> u64 {
