@@ -156,10 +156,10 @@ impl VpcImage {
     /// Writes into a block that must be allocated or whose bitmap changes; runs under the
     /// metadata lock so allocation and bitmap updates are serialized.
     ///
-    /// Order for a new block: data (and the bitmap) at the old end of the file, where the
-    /// trailing footer was; then the footer at the new end; then the BAT entry. A crash
-    /// before the BAT write leaves an unreferenced block (a leak) and the footer copy at
-    /// offset 0 still describes the image.
+    /// Order for a new block, which takes the place of the trailing footer: first the footer
+    /// at the new end of the file, then the data, then the bitmap (over the old footer),
+    /// last the BAT entry. At every step the file ends with a valid footer, and a crash
+    /// before the BAT write leaves only an unreferenced block (a leak).
     fn write_block_slow(&self, m: &mut Meta, b: usize, o: u64, buf: &[u8]) -> Result<()> {
         let d = self.dyn_part();
         let entry = m.bat[b];
@@ -178,10 +178,18 @@ impl VpcImage {
         };
         let data = block_pos + d.bitmap_size;
         let block_end = data + d.block_size;
-        if fresh && data < m.file_len {
+        let old_len = m.file_len;
+        if fresh {
+            self.storage
+                .write_all_at(&self.footer_bytes, block_end)
+                .ctx(|| format!("writing the VHD footer at offset {block_end:#x}"))?;
+            m.next_block = block_end;
+            m.file_len = m.file_len.max(block_end + SECTOR);
+        }
+        if fresh && data < old_len {
             // Space past the last block (a leak from an interrupted allocation) may hold
             // stale bytes: clear it so readers that ignore the bitmap see zeroes.
-            let end = m.file_len.min(block_end);
+            let end = old_len.min(block_end);
             self.storage
                 .punch_hole(data, end - data)
                 .ctx(|| format!("clearing VHD block space at offset {data:#x}"))?;
@@ -225,11 +233,6 @@ impl VpcImage {
                 .ctx(|| format!("writing the sector bitmap of block {b} at {block_pos:#x}"))?;
         }
         if fresh {
-            self.storage
-                .write_all_at(&self.footer_bytes, block_end)
-                .ctx(|| format!("writing the VHD footer at offset {block_end:#x}"))?;
-            m.next_block = block_end;
-            m.file_len = m.file_len.max(block_end + SECTOR);
             let at = d.bat_offset + 4 * b as u64;
             let value = (block_pos / SECTOR) as u32;
             self.storage

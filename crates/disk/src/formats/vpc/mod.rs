@@ -25,12 +25,13 @@
 //!
 //! # Writes and crash order
 //! Fixed disks write in place. In a dynamic disk, writes to a block whose bitmap is full go
-//! straight to the file in parallel; others take the metadata lock. A new block is placed
-//! at the old end of the file, where the trailing footer was: its data, then its bitmap
-//! (bits set only for written sectors; untouched sectors of the block are holes that read
-//! as zeroes), then the footer at the new end, and last the BAT entry. A crash before the
-//! BAT write leaves an unreferenced block and the footer copy at offset 0 still describes
-//! the image (qemu and this driver read that copy first); `check --repair` rewrites a
+//! straight to the file in parallel; others take the metadata lock. A new block takes the
+//! place of the trailing footer: first the footer is written at the new end of the file,
+//! then the block's data, then its bitmap (over the old footer; bits set only for written
+//! sectors, the rest of the block is a hole that reads as zeroes), and last the BAT entry.
+//! At every step the file ends with a valid footer and the BAT points only at complete
+//! blocks; a crash before the BAT write leaves an unreferenced block (a leak). qemu and this
+//! driver read the footer copy at offset 0 first; `check --repair` rewrites a
 //! missing trailing footer. `flush` syncs the file. Partial sectors not yet present are
 //! completed from the parent (or zeroes) before they are written.
 //!
