@@ -1,0 +1,267 @@
+//! VHD (`vpc`) interoperability with qemu-img: images qemu-img writes read back byte for byte
+//! through our driver, and images our driver writes pass `qemu-img compare` (qemu has no
+//! `check` for vpc) and report the same virtual size.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use paddock_disk::{create, open, BlockImage, CreateOptions, ExtentKind, Format, OpenOptions};
+
+fn have_qemu_img() -> bool {
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("qemu-img not found: skipping the vpc interop test");
+    }
+    ok
+}
+
+fn qemu(args: &[&str]) -> std::process::Output {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A raw source with holes, zero runs, text, a repeating pattern and random bytes, of an
+/// odd size so CHS rounding shows.
+fn pattern(size: usize) -> Vec<u8> {
+    let mut v = vec![0u8; size];
+    let text = b"The quick brown fox jumps over the lazy dog. ";
+    for (i, b) in v[4096..200_000].iter_mut().enumerate() {
+        *b = text[i % text.len()];
+    }
+    for (i, b) in v[3 << 20..(5 << 20) + 777].iter_mut().enumerate() {
+        *b = (i * 7 % 253) as u8 + 1;
+    }
+    let mut x = 0x1234_5678u32;
+    for b in v[(9 << 20) + 513..(10 << 20) + 100].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let end = v.len();
+    v[end - 1000..].fill(0x5a);
+    v
+}
+
+fn read_all(img: &dyn BlockImage) -> Vec<u8> {
+    let mut v = vec![0u8; img.virtual_size() as usize];
+    for (i, chunk) in v.chunks_mut(1 << 20).enumerate() {
+        img.read_at(chunk, (i as u64) << 20).unwrap();
+    }
+    v
+}
+
+fn info_json(path: &Path, fmt: &str) -> serde_json::Value {
+    let out = qemu(&["info", "-f", fmt, "--output=json", s(path)]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const COMBOS: [&str; 4] = [
+    "subformat=dynamic",
+    "subformat=fixed",
+    "subformat=dynamic,force_size=on",
+    "subformat=fixed,force_size=on",
+];
+
+#[test]
+fn qemu_written_vhd_reads_back_identically() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    let data = pattern((13 << 20) + 5 * 512);
+    std::fs::write(&src, &data).unwrap();
+    for combo in COMBOS {
+        let img_path = dir.path().join("q.vhd");
+        let back = dir.path().join("back.raw");
+        qemu(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            combo,
+            s(&src),
+            s(&img_path),
+        ]);
+        qemu(&["convert", "-f", "vpc", "-O", "raw", s(&img_path), s(&back)]);
+        let want = std::fs::read(&back).unwrap();
+        let img = open(&img_path, &OpenOptions::read(Some(Format::Vpc))).unwrap();
+        let ours = read_all(img.as_ref());
+        assert_eq!(ours.len(), want.len(), "{combo}: virtual size");
+        assert!(
+            ours == want,
+            "{combo}: contents differ from qemu-img convert -O raw"
+        );
+        assert!(ours[..data.len()] == data[..], "{combo}: source data");
+        // info agrees with qemu-img info.
+        let q = info_json(&img_path, "vpc");
+        let info = img.info();
+        assert_eq!(
+            q["virtual-size"].as_u64(),
+            Some(info.virtual_size),
+            "{combo}"
+        );
+        assert_eq!(q["cluster-size"].as_u64(), info.cluster_size, "{combo}");
+        assert_eq!(q["format"], "vpc");
+        assert_eq!(q["dirty-flag"].as_bool(), Some(info.dirty));
+        assert!(q.get("backing-filename").is_none() && info.backing_file.is_none());
+        let sub = if combo.contains("fixed") {
+            "fixed"
+        } else {
+            "dynamic"
+        };
+        assert_eq!(info.subformat.as_deref(), Some(sub));
+        // Everything block_status calls non-data reads as zeroes.
+        let mut at = 0;
+        while at < img.virtual_size() {
+            let e = img.block_status(at, img.virtual_size() - at).unwrap();
+            if e.kind != ExtentKind::Data {
+                let r = &want[at as usize..(at + e.length) as usize];
+                assert!(r.iter().all(|&b| b == 0), "{combo}: {e:?} is not zero");
+            }
+            at += e.length;
+        }
+        // Dynamic images probe as vpc.
+        if sub == "dynamic" {
+            let probed = open(&img_path, &OpenOptions::read(None)).unwrap();
+            assert_eq!(probed.format(), Format::Vpc);
+        }
+    }
+}
+
+/// Writes a pattern through the trait: partial sectors, block-crossing writes, overwrites,
+/// zeroes and discards; returns the expected guest contents.
+fn exercise(img: &dyn BlockImage) -> Vec<u8> {
+    let size = img.virtual_size() as usize;
+    let mut want = vec![0u8; size];
+    let mut put = |img: &dyn BlockImage, off: usize, data: &[u8]| {
+        img.write_at(data, off as u64).unwrap();
+        want[off..off + data.len()].copy_from_slice(data);
+    };
+    put(img, 0, b"boot sector text");
+    put(img, 1000, &[0x11; 3000]);
+    let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 249) as u8 + 1).collect();
+    put(img, (2 << 20) - 777, &big);
+    put(img, (2 << 20) + 5, b"overwritten");
+    put(img, size - 600, &[0x77; 600]);
+    put(img, (7 << 20) + 100, &[0x33; 64 << 10]);
+    img.write_zeroes((3 << 20) + 1, 70_000, false).unwrap();
+    want[(3 << 20) + 1..(3 << 20) + 70_001].fill(0);
+    img.write_zeroes(4 << 20, 1 << 20, true).unwrap();
+    want[4 << 20..5 << 20].fill(0);
+    img.discard((7 << 20) + 4096, 8192).unwrap();
+    want[(7 << 20) + 4096..(7 << 20) + 12288].fill(0);
+    img.flush().unwrap();
+    want
+}
+
+fn our_image(dir: &Path, combo: &str, size: u64) -> (PathBuf, Vec<u8>) {
+    let p = dir.join("ours.vhd");
+    let mut o = CreateOptions::sized(size);
+    for kv in combo.split(',') {
+        let (k, v) = kv.split_once('=').unwrap();
+        o.options.insert(k.into(), v.into());
+    }
+    let img = create(&p, Format::Vpc, &o).unwrap();
+    let want = exercise(img.as_ref());
+    img.finish().unwrap();
+    (p, want)
+}
+
+#[test]
+fn our_vhd_passes_qemu_img_compare() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for combo in COMBOS {
+        let (p, want) = our_image(dir.path(), combo, 10 << 20);
+        let exp = dir.path().join("expected.raw");
+        std::fs::write(&exp, &want).unwrap();
+        let q = info_json(&p, "vpc");
+        assert_eq!(
+            q["virtual-size"].as_u64(),
+            Some(want.len() as u64),
+            "{combo}"
+        );
+        let out = Command::new("qemu-img")
+            .args(["compare", "-f", "vpc", "-F", "raw", s(&p), s(&exp)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{combo}: qemu-img compare: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Our own reader and check agree too.
+        let img = open(&p, &OpenOptions::read(Some(Format::Vpc))).unwrap();
+        assert!(read_all(img.as_ref()) == want, "{combo}");
+        assert!(img.check(false).unwrap().is_clean(), "{combo}");
+    }
+}
+
+#[test]
+fn our_writes_into_qemu_images_pass_compare() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for combo in ["subformat=dynamic", "subformat=fixed"] {
+        let p = dir.path().join("q.vhd");
+        qemu(&["create", "-q", "-f", "vpc", "-o", combo, s(&p), "10M"]);
+        let img = open(&p, &OpenOptions::write(Some(Format::Vpc))).unwrap();
+        let want = exercise(img.as_ref());
+        drop(img);
+        let exp = dir.path().join("expected.raw");
+        std::fs::write(&exp, &want).unwrap();
+        let out = Command::new("qemu-img")
+            .args(["compare", "-f", "vpc", "-F", "raw", s(&p), s(&exp)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{combo}: {out:?}");
+    }
+}
+
+#[test]
+fn azure_fixed_force_size_is_exact() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("azure.vhd");
+    let mut o = CreateOptions::sized(64 << 20);
+    o.options.insert("subformat".into(), "fixed".into());
+    o.options.insert("force_size".into(), "on".into());
+    let img = create(&p, Format::Vpc, &o).unwrap();
+    img.write_at(&[1; 4096], (64 << 20) - 4096).unwrap();
+    img.finish().unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), (64 << 20) + 512);
+    let q = info_json(&p, "vpc");
+    assert_eq!(q["virtual-size"].as_u64(), Some(64 << 20));
+    // Without force_size the size rounds up to a CHS geometry, as qemu-img does.
+    let p2 = dir.path().join("chs.vhd");
+    let img = create(&p2, Format::Vpc, &CreateOptions::sized(64 << 20)).unwrap();
+    let q2 = dir.path().join("chs-q.vhd");
+    qemu(&["create", "-q", "-f", "vpc", s(&q2), "64M"]);
+    assert_eq!(
+        info_json(&q2, "vpc")["virtual-size"].as_u64(),
+        Some(img.virtual_size())
+    );
+    assert_eq!(img.virtual_size(), 67_125_248);
+}
