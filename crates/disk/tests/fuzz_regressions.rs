@@ -11,7 +11,7 @@ fn replay(dir: &Path) -> usize {
     let Ok(formats) = std::fs::read_dir(dir) else {
         return 0;
     };
-    for fdir in formats.flatten() {
+    for fdir in formats.flatten().filter(|d| d.path().is_dir()) {
         let name = fdir.file_name().to_string_lossy().to_string();
         let format: Option<Format> = if name == "probe" {
             None

@@ -56,10 +56,13 @@ fn check_sparse(e: &SparseExtent, n: usize, r: &mut CheckReport) -> Result<(u64,
     let gt_bytes = e.gtes * 4;
     let mut meta_ranges = vec![(
         0,
-        (h.desc_offset.saturating_add(h.desc_size)).max(1) * SECTOR,
+        (h.desc_offset.saturating_add(h.desc_size))
+            .max(1)
+            .saturating_mul(SECTOR),
     )];
     let gd = e.lock().gd.clone();
-    meta_ranges.push((h.gd_offset * SECTOR, h.gd_offset * SECTOR + e.gt_count * 4));
+    let gd_at = h.gd_offset.saturating_mul(SECTOR);
+    meta_ranges.push((gd_at, gd_at.saturating_add(e.gt_count.saturating_mul(4))));
     let mut dirs = vec![gd.clone()];
     if h.flags & FLAG_RGD != 0 && h.rgd_offset != 0 && e.gt_count > 0 {
         match read_dir(
@@ -72,8 +75,10 @@ fn check_sparse(e: &SparseExtent, n: usize, r: &mut CheckReport) -> Result<(u64,
         ) {
             Ok(rgd) => {
                 meta_ranges.push((
-                    h.rgd_offset * SECTOR,
-                    h.rgd_offset * SECTOR + e.gt_count * 4,
+                    h.rgd_offset.saturating_mul(SECTOR),
+                    h.rgd_offset
+                        .saturating_mul(SECTOR)
+                        .saturating_add(e.gt_count.saturating_mul(4)),
                 ));
                 dirs.push(rgd);
             }
