@@ -129,16 +129,34 @@ fn random_ops(label: &str, fmt: &str, opts: &str) {
     }
 }
 
+/// Runs `f` for every writable format and reports every format that failed, not just the first.
+fn for_each_format(f: impl Fn(&str, &str, &str) + std::panic::RefUnwindSafe) {
+    let mut failed = Vec::new();
+    for (label, fmt, opts) in WRITABLE {
+        if let Err(e) = std::panic::catch_unwind(|| f(label, fmt, opts)) {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+            failed.push(format!("{label}: {}", msg.unwrap_or_default()));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} formats failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
 #[test]
 fn random_operations_match_the_model_in_every_format() {
-    for (label, fmt, opts) in WRITABLE {
-        random_ops(label, fmt, opts);
-    }
+    for_each_format(random_ops);
 }
 
 #[test]
 fn concurrent_writers_sharing_clusters_lose_nothing() {
-    for (label, fmt, opts) in WRITABLE {
+    for_each_format(|label, fmt, opts| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(format!("img.{fmt}"));
         let img = create(&path, fmt, opts);
@@ -174,12 +192,12 @@ fn concurrent_writers_sharing_clusters_lose_nothing() {
                 );
             }
         }
-    }
+    });
 }
 
 #[test]
 fn reads_and_writes_past_the_end_are_refused() {
-    for (label, fmt, opts) in WRITABLE {
+    for_each_format(|label, fmt, opts| {
         let dir = tempfile::tempdir().unwrap();
         let img = create(&dir.path().join(format!("img.{fmt}")), fmt, opts);
         let size = img.virtual_size();
@@ -200,12 +218,12 @@ fn reads_and_writes_past_the_end_are_refused() {
             img.write_zeroes(size, 1, false).is_err(),
             "{label}: zeroes past end"
         );
-    }
+    });
 }
 
 #[test]
 fn read_only_images_refuse_writes_and_stay_unchanged() {
-    for (label, fmt, opts) in WRITABLE {
+    for_each_format(|label, fmt, opts| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(format!("img.{fmt}"));
         let img = create(&path, fmt, opts);
@@ -233,5 +251,5 @@ fn read_only_images_refuse_writes_and_stay_unchanged() {
             before == after,
             "{label}: a read-only open changed the files"
         );
-    }
+    });
 }
