@@ -3,7 +3,7 @@
 //! compare with the stored refcounts, and with `repair` write a fresh refcount structure at
 //! the end of the file (also used to recover an image left dirty by lazy refcounts).
 
-use super::meta::{Meta, COMPRESSED, COPIED, OFFSET_MASK, ZERO};
+use super::meta::{Meta, COMPRESSED, COPIED, OFFSET_MASK};
 use super::refcount::Refcounts;
 use super::Qcow2Image;
 use crate::error::{Error, IoContext, Result};
@@ -133,7 +133,6 @@ impl Qcow2Image {
                 if cnt.add(g.cs, host, g.cs, KIND_DATA, "data cluster") && active {
                     allocated += 1;
                 }
-                let _ = ZERO;
             }
         }
         Ok(allocated)
@@ -271,10 +270,10 @@ impl Qcow2Image {
             cnt.report.corruptions_fixed = low;
         }
         if repair {
-            cnt.report.corruptions_fixed += self.fix_copied_flags(m, &cnt, &base, true)?;
+            cnt.report.corruptions_fixed += self.fix_copied_flags(m, &base, true)?;
             m.set_dirty(st, false)?;
         } else {
-            let n = self.fix_copied_flags(m, &cnt, &base, false)?;
+            let n = self.fix_copied_flags(m, &base, false)?;
             cnt.report.corruptions += n;
         }
         cnt.report.allocated_clusters = Some(allocated);
@@ -284,18 +283,11 @@ impl Qcow2Image {
 
     /// Checks (and with `fix` repairs) the COPIED flags of the active tables: set exactly
     /// when the refcount is 1. Returns the number of wrong flags.
-    fn fix_copied_flags(
-        &self,
-        m: &mut Meta,
-        cnt: &Counter,
-        refs: &[u32],
-        fix: bool,
-    ) -> Result<u64> {
+    fn fix_copied_flags(&self, m: &mut Meta, refs: &[u32], fix: bool) -> Result<u64> {
         let st = self.storage();
         let g = self.geo;
         let one = |off: u64| refs.get((off / g.cs) as usize).copied() == Some(1);
         let mut wrong = 0;
-        let _ = cnt;
         for i in 0..m.l1.len() as u64 {
             let e = m.l1[i as usize];
             let off = e & OFFSET_MASK;

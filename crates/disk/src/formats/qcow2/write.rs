@@ -285,7 +285,6 @@ impl Qcow2Image {
     ) -> Result<()> {
         let st = self.storage();
         let l2n = self.geo.l2_entries;
-        let cb = self.geo.cb;
         let mut gc = c0;
         while gc < c1 {
             let last = c1.min(gc - gc % l2n + l2n);
@@ -319,7 +318,6 @@ impl Qcow2Image {
                         olds.push(e);
                     }
                 }
-                let _ = cb;
             }
             if changed {
                 m.write_l2_entries(st, l2, gc % l2n, last - gc)?;
