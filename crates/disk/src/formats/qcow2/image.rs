@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde_json::json;
 
@@ -30,6 +30,10 @@ pub(crate) struct Qcow2Image {
     pub(crate) meta: Mutex<Meta>,
     /// The last decompressed cluster: (descriptor, bytes).
     ccache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// Held shared by reads and in-place writes doing I/O without the metadata lock, and
+    /// exclusively before clusters are freed, so a freed cluster is never reused while
+    /// such I/O still targets it.
+    pub(crate) inflight: RwLock<()>,
 }
 
 fn read_table(st: &dyn Storage, offset: u64, entries: u64, what: &str) -> Result<Vec<u64>> {
@@ -135,6 +139,7 @@ impl Qcow2Image {
             size: AtomicU64::new(size),
             meta: Mutex::new(meta),
             ccache: Mutex::new(None),
+            inflight: RwLock::new(()),
         };
         if writable {
             let mut m = img.lock();
@@ -245,7 +250,7 @@ impl Qcow2Image {
     pub(crate) fn read_guest(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let end = offset + buf.len() as u64;
         let mut plan = Vec::new();
-        {
+        let _io = {
             let mut m = self.lock();
             let mut pos = offset;
             while pos < end {
@@ -253,7 +258,8 @@ impl Qcow2Image {
                 plan.push((pos, n, kind));
                 pos += n;
             }
-        }
+            self.inflight.read().unwrap_or_else(|e| e.into_inner())
+        };
         for (pos, n, kind) in plan {
             let slice = &mut buf[(pos - offset) as usize..(pos - offset + n) as usize];
             match kind {

@@ -67,6 +67,11 @@ impl Qcow2Image {
 
     /// Drops the reference an old L2 entry held.
     pub(crate) fn free_entry(&self, m: &mut Meta, old: Entry) -> Result<()> {
+        if matches!(old, Entry::Unallocated | Entry::ZeroPlain) {
+            return Ok(());
+        }
+        // Wait for unlocked I/O that may still target the cluster.
+        let _quiet = self.inflight.write().unwrap_or_else(|e| e.into_inner());
         let st = self.storage();
         let cs = self.geo.cs;
         match old {
@@ -129,6 +134,7 @@ impl Qcow2Image {
         let mut m = self.lock();
         self.check_writable(&m)?;
         if let Some(plan) = self.in_place_plan(&mut m, offset, buf.len() as u64)? {
+            let _io = self.inflight.read().unwrap_or_else(|e| e.into_inner());
             drop(m);
             for (g, h, n) in plan {
                 let at = (g - offset) as usize;
