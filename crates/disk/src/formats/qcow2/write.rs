@@ -370,11 +370,9 @@ impl Qcow2Image {
                 self.begin_change(&mut m)?;
                 self.zero_clusters(&mut m, c0, c1, mode)?;
             }
-            if discard {
-                return Ok(());
-            }
         }
-        // Partial clusters (or everything, for v2 with a backing file): write zeroes.
+        // Partial clusters (discard too: the trait promises a discarded range never reads
+        // as its old data) (or everything, for v2 with a backing file): write zeroes.
         let mut pieces = Vec::new();
         if zero_data || c0 >= c1 {
             pieces.push((offset, end));
