@@ -11,7 +11,6 @@ use paddock_disk::{ConvertOptions, CreateOptions, Format, OpenOptions, Progress}
 
 use super::progress::{Mode, Reporter};
 use super::{parse_format, parse_options, SourceArgs};
-use crate::output::print_json;
 
 /// Arguments of `convert`, spelled like `qemu-img convert`.
 #[derive(Args, Debug)]
@@ -136,10 +135,14 @@ pub fn run(args: ConvertArgs) -> Result<ExitCode> {
     };
     let secs = started.elapsed().as_secs_f64();
     if args.json {
-        print_json(&serde_json::json!({
-            "event": "done", "source": input, "target": output, "format": out_format.name(),
-            "stats": stats, "seconds": secs, "flushed": !no_flush,
-        }));
+        // One object per line, like the progress events before it.
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "done", "source": input, "target": output, "format": out_format.name(),
+                "stats": stats, "seconds": secs, "flushed": !no_flush,
+            })
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

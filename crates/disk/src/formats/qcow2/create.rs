@@ -47,7 +47,7 @@ fn parse(opts: &CreateOptions) -> Result<Settings> {
     let cs = CreateOptions::take(&mut o, "cluster_size", parse_size)?.unwrap_or(65536);
     if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
         return Err(Error::invalid(format!(
-            "cluster size {cs} is not a power of two between 512 and 2 MiB"
+            "cluster_size {cs} is not a power of two between 512 and 2 MiB"
         )));
     }
     let rbits = CreateOptions::take(&mut o, "refcount_bits", |s| {
