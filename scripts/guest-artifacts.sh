@@ -52,10 +52,15 @@ fetch_deb() {
     local spec=$1 name=${1%%=*} found
     found=$(find "$debs" -maxdepth 1 -name "${name}_*_*.deb" | sort | tail -n 1)
     if [ -z "$found" ]; then
-        (cd "$debs" && apt-get download "${apt_opts[@]}" "$spec" >&2) || {
-            echo "guest-artifacts: apt-get download $spec failed (run apt-get update?)" >&2
-            exit 1
-        }
+        if ! (cd "$debs" && apt-get download "${apt_opts[@]}" "$spec" >&2); then
+            # A fresh machine may have no package lists yet: refresh them once, as root.
+            [ "$(id -u)" -eq 0 ] && [ -z "${lists_refreshed:-}" ] && apt-get update -qq >&2 || true
+            lists_refreshed=1
+            (cd "$debs" && apt-get download "${apt_opts[@]}" "$spec" >&2) || {
+                echo "guest-artifacts: apt-get download $spec failed" >&2
+                exit 1
+            }
+        fi
         found=$(find "$debs" -maxdepth 1 -name "${name}_*_*.deb" | sort | tail -n 1)
     fi
     [ -n "$found" ] || { echo "guest-artifacts: no .deb for $spec" >&2; exit 1; }
