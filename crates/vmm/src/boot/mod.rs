@@ -1,43 +1,35 @@
 //! Linux direct boot on the x86 boot protocol: loads a bzImage or ELF kernel, the initramfs and
-//! the command line, and writes either `boot_params` (zero page, e820 map) for the 64-bit entry
-//! or `hvm_start_info` (memory map, modules) for the PVH entry of ELF kernels with its note.
+//! the command line, writes the MP and ACPI tables, and writes either `boot_params` (zero page,
+//! e820 map) for the 64-bit entry or `hvm_start_info` (memory map, modules, RSDP) for the PVH
+//! entry of ELF kernels with its note.
+
+mod e820;
+mod params;
+mod pvh;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
-use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::elf::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
-};
+use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
-use crate::arch::x86_64::{
-    CMDLINE_ADDR, CMDLINE_MAX, EBDA_START, HIMEM_START, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
+pub use e820::{e820_map, low_ram_end, E820_RAM, E820_RESERVED};
+pub use params::{
+    build_boot_params, BOOT_FLAG, CAN_USE_HEAP, DEFAULT_INITRD_MAX, HDR_MAGIC, HEAP_END,
+    LOADED_HIGH, LOADER_UNDEFINED, MIN_PROTOCOL, XLF_KERNEL_64,
 };
-use crate::memory::{GuestMem, MMIO_HOLE_END, MMIO_HOLE_START};
+pub use pvh::PVH_MAGIC;
 
-/// e820 type for usable RAM.
-pub const E820_RAM: u32 = 1;
-/// e820 type for reserved ranges.
-pub const E820_RESERVED: u32 = 2;
+use crate::arch::x86_64::acpi::{self, AcpiConfig};
+use crate::arch::x86_64::{mptable, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, ZERO_PAGE_ADDR};
+use crate::memory::GuestMem;
 
-/// `boot_params.hdr.header`: "HdrS".
-pub const HDR_MAGIC: u32 = 0x5372_6448;
-/// `boot_params.hdr.boot_flag`.
-pub const BOOT_FLAG: u16 = 0xaa55;
-/// `type_of_loader` for a loader without an assigned ID.
-pub const LOADER_UNDEFINED: u8 = 0xff;
-/// `loadflags`: protected-mode code loaded at 1 MiB or above.
-pub const LOADED_HIGH: u8 = 0x01;
-/// `loadflags`: `heap_end_ptr` is valid.
-pub const CAN_USE_HEAP: u8 = 0x80;
-/// `hvm_start_info.magic`.
-pub const PVH_MAGIC: u32 = 0x336e_c578;
+/// Offset of the 64-bit entry from the protected-mode code of a bzImage.
+pub const BZIMAGE_ENTRY_64: u64 = 0x200;
 
 /// Which entry point to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,6 +90,9 @@ pub enum BootError {
     /// The kernel is neither a bzImage nor an ELF.
     #[error("{0}: not a bzImage or ELF kernel ({1})")]
     NotAKernel(PathBuf, String),
+    /// The bzImage cannot be entered in 64-bit mode.
+    #[error("{0}: {1}")]
+    No64BitEntry(PathBuf, String),
     /// The command line does not fit.
     #[error("kernel command line: {0}")]
     Cmdline(String),
@@ -110,6 +105,12 @@ pub enum BootError {
     /// Writing a boot structure failed.
     #[error("cannot write {0} into guest memory")]
     Write(&'static str),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    /// The ACPI tables could not be written.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
 }
 
 fn open(path: &Path) -> Result<File, BootError> {
@@ -119,8 +120,14 @@ fn open(path: &Path) -> Result<File, BootError> {
     })
 }
 
-/// Loads the kernel, initramfs and command line into `mem` and writes the boot structures.
+/// [`load_smp`] for a machine with one vCPU.
 pub fn load(mem: &GuestMem, cfg: &BootConfig) -> Result<Entry, BootError> {
+    load_smp(mem, cfg, 1)
+}
+
+/// Loads the kernel, initramfs and command line into `mem`, writes the MP table and the ACPI
+/// tables describing `cpus` vCPUs and the fixed layout, then the boot structures of the entry.
+pub fn load_smp(mem: &GuestMem, cfg: &BootConfig, cpus: u8) -> Result<Entry, BootError> {
     let mut kernel = open(&cfg.kernel)?;
     let loaded: KernelLoaderResult =
         match Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
@@ -133,7 +140,12 @@ pub fn load(mem: &GuestMem, cfg: &BootConfig) -> Result<Entry, BootError> {
                     )
                 })?,
         };
-    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    let cmdline_limit = loaded
+        .setup_header
+        .map(|h| h.cmdline_size as usize + 1)
+        .unwrap_or(CMDLINE_MAX)
+        .min(CMDLINE_MAX);
+    let mut cmdline = Cmdline::new(cmdline_limit).map_err(|e| BootError::Cmdline(e.to_string()))?;
     if !cfg.cmdline.is_empty() {
         cmdline
             .insert_str(&cfg.cmdline)
@@ -150,11 +162,21 @@ pub fn load(mem: &GuestMem, cfg: &BootConfig) -> Result<Entry, BootError> {
         .setup_header
         .map(|h| h.initrd_addr_max as u64)
         .filter(|&m| m != 0)
-        .unwrap_or(0x37ff_ffff);
+        .unwrap_or(DEFAULT_INITRD_MAX);
+    // The initramfs stays clear of the kernel and, for a bzImage, of the buffer it
+    // decompresses into (init_size bytes from its preferred address up).
+    let kernel_floor = loaded
+        .setup_header
+        .map(|h| h.pref_address.max(loaded.kernel_load.raw_value()) + h.init_size as u64)
+        .unwrap_or(0)
+        .max(loaded.kernel_end);
     let initramfs = match &cfg.initramfs {
-        Some(p) => Some(load_initramfs(mem, p, initrd_max, loaded.kernel_end)?),
+        Some(p) => Some(load_initramfs(mem, p, initrd_max, kernel_floor)?),
         None => None,
     };
+
+    mptable::write(mem, cpus)?;
+    let tables = acpi::write_tables(mem, &AcpiConfig::new(cpus))?;
 
     let pvh = match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => Some(addr.raw_value()),
@@ -167,13 +189,25 @@ pub fn load(mem: &GuestMem, cfg: &BootConfig) -> Result<Entry, BootError> {
     };
     if use_pvh {
         let rip = pvh.ok_or(BootError::NoPvh)?;
-        write_pvh_info(mem, cmdline_len, initramfs)?;
+        pvh::write_pvh_info(mem, cmdline_len, initramfs, Some(tables.rsdp))?;
         return Ok(Entry::Pvh {
             rip,
-            start_info: PVH_INFO_ADDR,
+            start_info: crate::arch::x86_64::PVH_INFO_ADDR,
         });
     }
-    let params = build_boot_params(mem, loaded.setup_header, cmdline_len, initramfs);
+    if let Some(h) = loaded.setup_header {
+        let (version, xloadflags) = (h.version, h.xloadflags);
+        if version < MIN_PROTOCOL || xloadflags & XLF_KERNEL_64 == 0 {
+            return Err(BootError::No64BitEntry(
+                cfg.kernel.clone(),
+                format!(
+                    "boot protocol {:#x}, xloadflags {:#x}: no 64-bit entry",
+                    version, xloadflags
+                ),
+            ));
+        }
+    }
+    let params = build_boot_params(mem, loaded.setup_header, initramfs);
     LinuxBootConfigurator::write_bootparams::<GuestMem>(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_ADDR)),
         mem,
@@ -182,7 +216,7 @@ pub fn load(mem: &GuestMem, cfg: &BootConfig) -> Result<Entry, BootError> {
     // bzImage: the 64-bit entry is 0x200 past the protected-mode code.
     let rip = loaded.kernel_load.raw_value()
         + if loaded.setup_header.is_some() {
-            0x200
+            BZIMAGE_ENTRY_64
         } else {
             0
         };
@@ -192,12 +226,13 @@ pub fn load(mem: &GuestMem, cfg: &BootConfig) -> Result<Entry, BootError> {
     })
 }
 
-/// Places the initramfs as high as allowed (page aligned, below `max` and the 32-bit hole).
+/// Places the initramfs as high as allowed (page aligned, at or below `max`, below the 32-bit
+/// hole) and above `floor`.
 fn load_initramfs(
     mem: &GuestMem,
     path: &Path,
     max: u64,
-    kernel_end: u64,
+    floor: u64,
 ) -> Result<(u64, u64), BootError> {
     let mut f = open(path)?;
     let size = f
@@ -207,125 +242,15 @@ fn load_initramfs(
             source,
         })?
         .len();
-    let low_end = low_ram_end(mem);
-    let top = max.saturating_add(1).min(low_end);
+    let top = max.saturating_add(1).min(low_ram_end(mem));
     let addr = top
         .checked_sub(size)
         .map(|a| a & !0xfff)
-        .filter(|&a| a >= kernel_end.max(HIMEM_START));
+        .filter(|&a| a >= floor.max(HIMEM_START));
     let addr = addr.ok_or(BootError::InitramfsTooBig(size, top))?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
         .map_err(|_| BootError::Write("initramfs"))?;
     Ok((addr, size))
-}
-
-/// End of RAM below the 32-bit hole.
-pub fn low_ram_end(mem: &GuestMem) -> u64 {
-    mem.iter()
-        .map(|r| {
-            vm_memory::GuestMemoryRegion::start_addr(r).raw_value()
-                + vm_memory::GuestMemoryRegion::len(r)
-        })
-        .filter(|&e| e <= MMIO_HOLE_START)
-        .max()
-        .unwrap_or(0)
-}
-
-/// The e820 map for `mem`: low RAM below the EBDA, RAM from 1 MiB to the hole, RAM above 4 GiB.
-pub fn e820_map(mem: &GuestMem) -> Vec<(u64, u64, u32)> {
-    let mut map = vec![(0, EBDA_START, E820_RAM)];
-    let low_end = low_ram_end(mem);
-    if low_end > HIMEM_START {
-        map.push((HIMEM_START, low_end - HIMEM_START, E820_RAM));
-    }
-    let high_end = mem.last_addr().raw_value() + 1;
-    if high_end > MMIO_HOLE_END {
-        map.push((MMIO_HOLE_END, high_end - MMIO_HOLE_END, E820_RAM));
-    }
-    map
-}
-
-/// Builds the zero page for the 64-bit entry.
-pub fn build_boot_params(
-    mem: &GuestMem,
-    header: Option<setup_header>,
-    cmdline_len: usize,
-    initramfs: Option<(u64, u64)>,
-) -> boot_params {
-    let mut p = boot_params::default();
-    if let Some(h) = header {
-        p.hdr = h;
-    } else {
-        p.hdr.boot_flag = BOOT_FLAG;
-        p.hdr.header = HDR_MAGIC;
-        p.hdr.kernel_alignment = 0x100_0000;
-    }
-    p.hdr.type_of_loader = LOADER_UNDEFINED;
-    p.hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
-    p.hdr.heap_end_ptr = 0xfe00;
-    p.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-    p.hdr.cmdline_size = cmdline_len as u32;
-    if let Some((addr, size)) = initramfs {
-        p.hdr.ramdisk_image = addr as u32;
-        p.hdr.ramdisk_size = size as u32;
-    }
-    for (i, (addr, size, ty)) in e820_map(mem)
-        .into_iter()
-        .enumerate()
-        .take(p.e820_table.len())
-    {
-        p.e820_table[i] = boot_e820_entry {
-            addr,
-            size,
-            type_: ty,
-        };
-        p.e820_entries = i as u8 + 1;
-    }
-    p
-}
-
-fn write_pvh_info(
-    mem: &GuestMem,
-    cmdline_len: usize,
-    initramfs: Option<(u64, u64)>,
-) -> Result<(), BootError> {
-    let map = e820_map(mem);
-    let mut info = hvm_start_info {
-        magic: PVH_MAGIC,
-        version: 1,
-        cmdline_paddr: if cmdline_len > 0 { CMDLINE_ADDR } else { 0 },
-        memmap_entries: map.len() as u32,
-        ..Default::default()
-    };
-    let memmap_addr = PVH_INFO_ADDR + std::mem::size_of::<hvm_start_info>() as u64;
-    info.memmap_paddr = memmap_addr;
-    let entries: Vec<hvm_memmap_table_entry> = map
-        .iter()
-        .map(|&(addr, size, type_)| hvm_memmap_table_entry {
-            addr,
-            size,
-            type_,
-            reserved: 0,
-        })
-        .collect();
-    let mut modules = Vec::new();
-    if let Some((addr, size)) = initramfs {
-        info.nr_modules = 1;
-        info.modlist_paddr =
-            memmap_addr + (entries.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
-        modules.push(hvm_modlist_entry {
-            paddr: addr,
-            size,
-            ..Default::default()
-        });
-    }
-    let mut params = BootParams::new::<hvm_start_info>(&info, GuestAddress(PVH_INFO_ADDR));
-    params.set_sections::<hvm_memmap_table_entry>(&entries, GuestAddress(memmap_addr));
-    if !modules.is_empty() {
-        params.set_modules::<hvm_modlist_entry>(&modules, GuestAddress(info.modlist_paddr));
-    }
-    PvhBootConfigurator::write_bootparams::<GuestMem>(&params, mem)
-        .map_err(|_| BootError::Write("PVH start info"))
 }
 
 /// Reads a plain-data structure back from guest memory (tests and diagnostics).

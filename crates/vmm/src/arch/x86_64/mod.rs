@@ -1,7 +1,9 @@
 //! x86_64 machine setup: the fixed guest layout, long-mode and PVH entry state, CPUID, MSRs,
 //! FPU and local APIC setup for each vCPU.
 
+pub mod acpi;
 pub mod cpuid;
+pub mod mptable;
 pub mod regs;
 
 /// GDT written for the 64-bit entry.
