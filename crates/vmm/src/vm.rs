@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{cpuid, regs, BOOT_STACK};
+use crate::arch::x86_64::{cpuid, regs, ACPI_PM1A_EVT_PORT, ACPI_SCI_IRQ, BOOT_STACK};
 use crate::boot::{self, BootConfig, Entry};
 use crate::bus::Bus;
-use crate::devices::legacy::{debug_exit, i8042, serial};
+use crate::devices::legacy::{acpi_pm, debug_exit, i8042, serial};
 use crate::exit::{ExitSignal, ExitStatus};
 use crate::kvm::KvmVm;
 use crate::memory;
@@ -56,7 +56,7 @@ pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
     let kvm = KvmVm::create()?;
     kvm.register_memory(&mem, cfg.dirty_log)?;
     regs::write_boot_tables(&mem)?;
-    let entry = boot::load(&mem, &cfg.boot)?;
+    let entry = boot::load_smp(&mem, &cfg.boot, cfg.cpus)?;
 
     let exit = ExitSignal::new().map_err(|e| VmError::Device(format!("exit eventfd: {e}")))?;
     let mut pio = Bus::new();
@@ -72,6 +72,11 @@ pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
         5,
     )
     .map_err(dev)?;
+    let sci = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(format!("SCI: {e}")))?;
+    kvm.register_irqfd(&sci, u32::from(ACPI_SCI_IRQ))?;
+    let pm = Arc::new(Mutex::new(acpi_pm::AcpiPm::new(sci, exit.clone())));
+    pio.insert(pm, u64::from(ACPI_PM1A_EVT_PORT), acpi_pm::LEN)
+        .map_err(dev)?;
     if cfg.debug_exit {
         pio.insert(
             Arc::new(Mutex::new(debug_exit::DebugExit::new(exit.clone()))),

@@ -322,14 +322,21 @@ fn debian_bzimage_boot_params_follow_the_boot_protocol() {
         );
     }
     assert_eq!(walk_identity_map(&mem, (1 << 30) - 1), Some((1 << 30) - 1));
-    let gdt: Vec<u64> = (0..4)
+    let gdt: Vec<u64> = (0..5)
         .map(|i| mem.read_obj(GuestAddress(GDT_ADDR + i * 8)).unwrap())
         .collect();
     assert_eq!(gdt[0], 0, "null descriptor");
+    // The protocol's selectors: __BOOT_CS = 0x10, __BOOT_DS = 0x18.
     // Code: present, DPL 0, execute/read, L=1 (64-bit), D=0, G=1, limit 0xfffff, base 0.
-    assert_eq!(gdt[1], 0x00af_9b00_0000_ffff, "64-bit code descriptor");
+    assert_eq!(
+        gdt[2], 0x00af_9b00_0000_ffff,
+        "64-bit code descriptor at __BOOT_CS"
+    );
     // Data: present, read/write, D/B=1, G=1, flat 4 GiB.
-    assert_eq!(gdt[2], 0x00cf_9300_0000_ffff, "flat data descriptor");
+    assert_eq!(
+        gdt[3], 0x00cf_9300_0000_ffff,
+        "flat data descriptor at __BOOT_DS"
+    );
 
     check_mp_table(&mem, CPUS);
     check_acpi(&mem, CPUS, &map);

@@ -357,22 +357,20 @@ impl Qcow2Image {
             end / cs
         };
         let zero_data = !discard && v2 && has_backing;
-        if discard || !zero_data {
-            if c0 < c1 {
-                let mode = if discard || (v2 && !has_backing) {
-                    ZeroMode::Deallocate
-                } else if unmap {
-                    ZeroMode::Unmap
-                } else {
-                    ZeroMode::KeepAlloc
-                };
-                let mut m = self.lock();
-                self.begin_change(&mut m)?;
-                self.zero_clusters(&mut m, c0, c1, mode)?;
-            }
+        if (discard || !zero_data) && c0 < c1 {
+            let mode = if discard || (v2 && !has_backing) {
+                ZeroMode::Deallocate
+            } else if unmap {
+                ZeroMode::Unmap
+            } else {
+                ZeroMode::KeepAlloc
+            };
+            let mut m = self.lock();
+            self.begin_change(&mut m)?;
+            self.zero_clusters(&mut m, c0, c1, mode)?;
         }
-        // Partial clusters (discard too: the trait promises a discarded range never reads
-        // as its old data) (or everything, for v2 with a backing file): write zeroes.
+        // Partial clusters, or everything for v2 with a backing file: write zeroes. Discard
+        // too: the trait promises a discarded range never reads as its old data.
         let mut pieces = Vec::new();
         if zero_data || c0 >= c1 {
             pieces.push((offset, end));

@@ -20,13 +20,20 @@ pub enum RegsError {
     Memory(&'static str),
 }
 
-/// GDT entries: null, code64, data, TSS placeholder.
-pub const GDT: [u64; 4] = [
+/// GDT entries with the selectors the 64-bit boot protocol names: `__BOOT_CS` = 0x10 and
+/// `__BOOT_DS` = 0x18, then a TSS placeholder at 0x20.
+pub const GDT: [u64; 5] = [
     0,
-    gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code, selector 0x08
-    gdt_entry(0xc093, 0, 0xfffff), // data, selector 0x10
-    gdt_entry(0x808b, 0, 0xfffff), // TSS, selector 0x18
+    0,
+    gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code, selector 0x10
+    gdt_entry(0xc093, 0, 0xfffff), // data, selector 0x18
+    gdt_entry(0x808b, 0, 0xfffff), // TSS, selector 0x20
 ];
+
+/// Boot code selector.
+pub const BOOT_CS: u16 = 0x10;
+/// Boot data selector.
+pub const BOOT_DS: u16 = 0x18;
 
 /// Encodes a GDT descriptor from flags (access byte in the low 8 bits, flags in bits 12-15).
 pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -93,9 +100,9 @@ pub fn write_boot_tables(mem: &GuestMem) -> Result<(), RegsError> {
 /// Long-mode special registers: flat segments from the boot GDT, paging on the identity map.
 pub fn set_long_mode_sregs(fd: &VcpuFd) -> Result<(), RegsError> {
     let mut s = vcpu::sregs(fd)?;
-    let code = segment_from_gdt(GDT[1], 0x08);
-    let data = segment_from_gdt(GDT[2], 0x10);
-    let tss = segment_from_gdt(GDT[3], 0x18);
+    let code = segment_from_gdt(GDT[2], BOOT_CS);
+    let data = segment_from_gdt(GDT[3], BOOT_DS);
+    let tss = segment_from_gdt(GDT[4], 0x20);
     s.gdt.base = GDT_ADDR;
     s.gdt.limit = (GDT.len() * 8 - 1) as u16;
     s.idt.base = 0;
@@ -223,14 +230,14 @@ mod tests {
 
     #[test]
     fn gdt_entries_decode_to_flat_long_mode_segments() {
-        let cs = segment_from_gdt(GDT[1], 0x08);
+        let cs = segment_from_gdt(GDT[2], BOOT_CS);
         assert_eq!(
             (cs.l, cs.db, cs.present, cs.s, cs.type_, cs.g),
             (1, 0, 1, 1, 0xb, 1)
         );
         assert_eq!(cs.limit, 0xffff_ffff);
-        let ds = segment_from_gdt(GDT[2], 0x10);
+        let ds = segment_from_gdt(GDT[3], BOOT_DS);
         assert_eq!((ds.l, ds.db, ds.type_), (0, 1, 3));
-        assert_eq!(GDT[1], 0x00af_9b00_0000_ffff);
+        assert_eq!(GDT[2], 0x00af_9b00_0000_ffff);
     }
 }
