@@ -283,6 +283,15 @@ fn qemu_compressed_images_zlib_and_zstd() {
     qemu_image_reads_like_qemu(dir.path(), "zstd", "compression_type=zstd", true, 6 * MIB);
     qemu_image_reads_like_qemu(dir.path(), "zlib4k", "cluster_size=4096", true, 3 * MIB);
     qemu_image_reads_like_qemu(dir.path(), "v2zlib", "compat=0.10", true, 3 * MIB);
+    qemu_image_reads_like_qemu(
+        dir.path(),
+        "extl2zstd",
+        "extended_l2=on,compression_type=zstd",
+        true,
+        3 * MIB,
+    );
+    qemu_image_reads_like_qemu(dir.path(), "zlib2m", "cluster_size=2M", true, 5 * MIB);
+    qemu_image_reads_like_qemu(dir.path(), "zlib512", "cluster_size=512", true, MIB + 512);
 }
 
 /// A backing chain. The overlay holds only what differs from its base: it is made empty on
