@@ -345,3 +345,53 @@ fn write_over_metadata_marks_corrupt() {
     .unwrap();
     assert!(report.corruptions > 0, "{report:?}");
 }
+
+/// Several header fields poked at once with values drawn from a hostile set.
+#[test]
+fn header_field_combinations() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_image(dir.path(), &[("cluster_size", "4096")]);
+    let len = base.len() as u64;
+    let fields: [(usize, usize); 12] = [
+        (8, 8),
+        (16, 4),
+        (24, 8),
+        (36, 4),
+        (40, 8),
+        (48, 8),
+        (56, 4),
+        (60, 4),
+        (64, 8),
+        (72, 8),
+        (96, 4),
+        (100, 4),
+    ];
+    let values = [
+        0,
+        1,
+        4096,
+        8192,
+        0xfff,
+        u64::MAX,
+        u64::MAX - 4095,
+        1 << 56,
+        len,
+        len - 4096,
+        100,
+        1023,
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(80);
+    let mut opened = 0;
+    for _ in 0..300 {
+        let mut b = base.clone();
+        for _ in 0..rng.gen_range(2..5) {
+            let (at, w) = fields[rng.gen_range(0..fields.len())];
+            set(&mut b, at, w, values[rng.gen_range(0..values.len())]);
+        }
+        if poke_read(b.clone()) {
+            opened += 1;
+            poke_write(b);
+        }
+    }
+    assert!(opened < 300, "some combinations must be refused");
+}

@@ -37,7 +37,7 @@ impl Counter {
     fn add(&mut self, cs: u64, off: u64, len: u64, kind: u8, what: &str) -> bool {
         let nb = self.refs.len() as u64;
         let first = off / cs;
-        let last = (off + len.max(1) - 1) / cs;
+        let last = off.saturating_add(len.max(1) - 1) / cs;
         if last >= nb {
             self.note(
                 true,

@@ -301,7 +301,9 @@ impl Header {
                     h.backing_file_size
                 )));
             }
-            let end = h.backing_file_offset + u64::from(h.backing_file_size);
+            let end = h
+                .backing_file_offset
+                .saturating_add(u64::from(h.backing_file_size));
             if end > cluster_size || end > head.len() as u64 {
                 return Err(Error::corrupt(format!(
                     "backing file name at offset {:#x} is outside the first cluster",

@@ -37,6 +37,13 @@ pub(crate) struct Qcow2Image {
 }
 
 fn read_table(st: &dyn Storage, offset: u64, entries: u64, what: &str) -> Result<Vec<u64>> {
+    let file_len = st.len().ctx(|| "reading file size".into())?;
+    if offset.saturating_add(entries * 8) > file_len {
+        return Err(Error::corrupt(format!(
+            "{what} at offset {offset:#x} ({entries} entries) is truncated: the file ends at \
+             {file_len:#x}"
+        )));
+    }
     let mut raw = vec![0u8; (entries * 8) as usize];
     st.read_exact_at(&mut raw, offset)
         .ctx(|| format!("reading {what} at offset {offset:#x}"))?;

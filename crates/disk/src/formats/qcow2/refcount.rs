@@ -111,7 +111,7 @@ impl Refcounts {
             pool: VecDeque::new(),
             cpool: VecDeque::new(),
             packing: None,
-            chunk: 16,
+            chunk: 8,
             lazy: false,
             depth: 0,
         }
@@ -210,16 +210,28 @@ impl Refcounts {
             let first = c % rbe;
             let n = (end - c).min(rbe - first);
             let b = self.load(st, off)?;
+            let mut failed = None;
             for i in first..first + n {
                 let old = rc_get(b, order, i as usize);
-                let v = f(ti * rbe + i, old)?;
-                if v > max {
-                    return Err(Error::limit(format!(
-                        "refcount of cluster {} would exceed {max}",
-                        ti * rbe + i
-                    )));
+                match f(ti * rbe + i, old) {
+                    Ok(v) if v <= max => rc_set(b, order, i as usize, v),
+                    Ok(_) => {
+                        failed = Some(Error::limit(format!(
+                            "refcount of cluster {} would exceed {max}",
+                            ti * rbe + i
+                        )));
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
-                rc_set(b, order, i as usize, v);
+            }
+            if let Some(e) = failed {
+                // The cached block no longer matches the disk: drop it.
+                self.blocks.remove(&off);
+                return Err(e);
             }
             let lo = ((first << order) / 8) as usize;
             let hi = (((first + n) << order).div_ceil(8)) as usize;
@@ -344,6 +356,24 @@ impl Refcounts {
         self.free_hint = c;
         if got < want {
             let rest = want - got;
+            // Create the refcount blocks (and table room) for the new range first, so they
+            // land before it and an unused tail can be handed back without leaving a hole.
+            let rbe = self.rbe();
+            let mut guard = 0;
+            loop {
+                let s = self.end;
+                let mut grew = false;
+                for ti in s / rbe..=(s + rest - 1) / rbe {
+                    if ti >= self.table.len() as u64 || self.block_offset(ti)? == 0 {
+                        self.ensure_block(st, ti)?;
+                        grew = true;
+                    }
+                }
+                guard += 1;
+                if !grew || guard > 16 {
+                    break;
+                }
+            }
             let s = self.end;
             self.end += rest;
             match runs.last_mut() {
@@ -410,8 +440,15 @@ impl Refcounts {
                 Some(p) if p.cluster > c && p.cluster < end => p.cluster,
                 _ => end,
             };
-            let mut freed = Vec::new();
             let cs = self.cs;
+            if self.block_offset(c / self.rbe())? == 0 {
+                return Err(Error::corrupt(format!(
+                    "refcount of cluster at offset {:#x} is already 0",
+                    c * cs
+                )));
+            }
+            let stop = stop.min((c / self.rbe() + 1) * self.rbe());
+            let mut freed = Vec::new();
             self.update_range(st, c, stop - c, |cl, old| {
                 if old == 0 {
                     return Err(Error::corrupt(format!(
@@ -446,7 +483,7 @@ impl Refcounts {
         }
         self.close_packing(st)?;
         if self.cpool.is_empty() {
-            let want = self.chunk.min(64);
+            let want = self.chunk.min(8);
             for (s, n) in self.reserve(st, want, limit)? {
                 self.cpool.extend(s..s + n);
             }
@@ -473,14 +510,14 @@ impl Refcounts {
         Ok(())
     }
 
-    /// Hands back every reservation not used (refcounts lowered to the truth).
+    /// Hands back every reservation not used (refcounts lowered to the truth); clusters at
+    /// the end of the file are taken off it again.
     pub(crate) fn release(&mut self, st: &dyn Storage) -> Result<()> {
         self.close_packing(st)?;
-        while let Some(c) = self.cpool.pop_back() {
-            self.set_range(st, c, 1, 0)?;
-            self.free_hint = self.free_hint.min(c);
-        }
-        while let Some((s, n)) = self.pool.pop_back() {
+        let mut runs: Vec<(u64, u64)> = self.pool.drain(..).collect();
+        runs.extend(self.cpool.drain(..).map(|c| (c, 1)));
+        runs.sort_unstable();
+        for &(s, n) in runs.iter().rev() {
             self.set_range(st, s, n, 0)?;
             self.free_hint = self.free_hint.min(s);
             if s + n == self.end {

@@ -68,7 +68,11 @@ pub(crate) fn read_table(
                 "snapshot {n} L1 table of {l1_size} entries is above the 32 MiB limit"
             )));
         }
-        if l1_size > 0 && (l1_table_offset % cluster_size != 0 || l1_table_offset == 0) {
+        if l1_size > 0
+            && (l1_table_offset % cluster_size != 0
+                || l1_table_offset == 0
+                || l1_table_offset > (1 << 56))
+        {
             return Err(Error::corrupt(format!(
                 "snapshot {n} L1 table offset {l1_table_offset:#x} is not cluster aligned"
             )));

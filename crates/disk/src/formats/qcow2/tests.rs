@@ -341,3 +341,23 @@ fn concurrent_writers_and_readers() {
     img.flush().unwrap();
     assert_clean(img, "concurrent");
 }
+
+#[test]
+fn compressed_with_narrow_refcounts_does_not_overflow() {
+    for rb in ["1", "2", "4"] {
+        let (img, mem) = mem_image(&[("refcount_bits", rb), ("cluster_size", "4096")], MIB);
+        let cw = img.compressed().unwrap();
+        for i in 0..40u64 {
+            let raw = vec![(i % 3) as u8 + 1; 4096];
+            let c = cw.compress(&raw).unwrap();
+            cw.write_compressed(i * 4096, &raw, &c).unwrap();
+        }
+        img.finish().unwrap();
+        drop(img);
+        let img = reopen(&mem, false).unwrap();
+        assert_clean(&img, rb);
+        let mut b = vec![0u8; 4096];
+        img.read_at(&mut b, 39 * 4096).unwrap();
+        assert!(b.iter().all(|&x| x == 1));
+    }
+}
