@@ -67,3 +67,25 @@ fn bad_options_exit_2_and_name_the_option() {
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("/nonexistent"), "{}", err(&o));
 }
+
+#[test]
+fn mem_guest_verifies_every_region_including_above_4_gib() {
+    if !kvm_available("mem_guest_verifies_every_region_including_above_4_gib") {
+        return;
+    }
+    // 3 GiB below the 32-bit hole and 256 MiB above 4 GiB.
+    let o = vmm(&[
+        "--kernel",
+        guest("mem").to_str().unwrap(),
+        "--memory",
+        "3328M",
+        "--debug-exit",
+    ]);
+    let text = out(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}{}", err(&o));
+    assert!(
+        text.contains("MEM region 0x100000000-0x110000000 ok (256 MiB)"),
+        "{text}"
+    );
+    assert!(text.contains("MEM PASS"), "{text}");
+}
