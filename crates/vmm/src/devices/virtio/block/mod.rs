@@ -2,6 +2,7 @@
 //! read-only disks. The device (`mod.rs`) owns identity, features and configuration; request
 //! handling lives in `request.rs`, counters in `counters.rs`.
 
+pub mod config;
 pub mod counters;
 pub mod request;
 
@@ -11,6 +12,7 @@ use paddock_disk::BlockImage;
 
 use super::worker::QueueHandler;
 use super::{VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+pub use config::DiskConfig;
 pub use counters::BlockCounters;
 use request::BlockHandler;
 
