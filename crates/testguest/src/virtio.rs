@@ -223,6 +223,10 @@ impl Device {
     /// Sets up queue 0 in `mem` and sets DRIVER_OK.
     pub fn start(&mut self, mem: *mut QueueMem) -> Result<(), &'static str> {
         self.queue = mem;
+        self.next_avail = 0;
+        self.last_used = 0;
+        // SAFETY: the queue memory is the guest's own static, idle while the device is reset.
+        unsafe { write_volatile(mem, QueueMem::new()) };
         let c = self.common;
         w16(c + 0x16, 0);
         let max = r16(c + 0x18);
@@ -302,6 +306,29 @@ impl Device {
             return Err("used ring returned another head");
         }
         Ok(len)
+    }
+
+    /// Makes a chain whose only descriptor points back at itself available, notifies, and
+    /// polls the status until the device reports DEVICE_NEEDS_RESET.
+    pub fn submit_looping_chain(&mut self, buf: u64) -> Result<(), &'static str> {
+        let q = self.queue;
+        // SAFETY: as in `submit`.
+        unsafe {
+            write_volatile(core::ptr::addr_of_mut!((*q).desc[0]), Desc { addr: buf, len: 16, flags: F_NEXT, next: 0 });
+            write_volatile(core::ptr::addr_of_mut!((*q).avail_ring[self.next_avail as usize % QSIZE]), 0);
+            fence(Ordering::SeqCst);
+            self.next_avail = self.next_avail.wrapping_add(1);
+            write_volatile(core::ptr::addr_of_mut!((*q).avail_idx), self.next_avail);
+            fence(Ordering::SeqCst);
+        }
+        w16(self.notify, 0);
+        for _ in 0..1_000_000_000u64 {
+            if self.status() & NEEDS_RESET != 0 {
+                return Ok(());
+            }
+            core::hint::spin_loop();
+        }
+        Err("the device never reported DEVICE_NEEDS_RESET")
     }
 
     /// Reads the ISR byte (read clears it).

@@ -13,7 +13,7 @@ use crate::arch::x86_64::{
 use crate::boot::{self, BootConfig, Entry};
 use crate::bus::Bus;
 use crate::devices::legacy::{debug_exit, i8042, serial};
-use crate::devices::virtio::block::{Block, DiskConfig};
+use crate::devices::virtio::block::{Block, BlockCounters, DiskConfig};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::VirtioPciDevice;
 use crate::devices::virtio::VirtioDevice;
@@ -43,10 +43,13 @@ pub struct VmConfig {
     pub rng: bool,
 }
 
-/// The PCI bus of a VM and the images its disks opened (flushed when the VM ends).
+/// The PCI bus of a VM, the images its disks opened (flushed when the VM ends) and their
+/// counters (for the control API).
 struct Pci {
     root: Arc<Mutex<PciRoot>>,
     images: Vec<Arc<dyn paddock_disk::BlockImage>>,
+    #[allow(dead_code)]
+    counters: Vec<Arc<BlockCounters>>,
 }
 
 /// Builds bus 0: the host bridge, then one virtio-blk per disk, then virtio-rng.
@@ -54,11 +57,14 @@ fn build_pci(cfg: &VmConfig, mem: &GuestMem, kvm: &Arc<KvmVm>) -> Result<Pci, Vm
     let backend: Arc<dyn VmBackend> = Arc::new(KvmBackend::new(kvm.clone()));
     let mut root = PciRoot::new();
     let mut images = Vec::new();
+    let mut counters = Vec::new();
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in &cfg.disks {
         let image = d.open().map_err(VmError::Device)?;
         images.push(image.clone());
-        devices.push(Box::new(Block::new(image, d.read_only, &d.serial)));
+        let block = Block::new(image, d.read_only, &d.serial);
+        counters.push(block.counters());
+        devices.push(Box::new(block));
     }
     if cfg.rng {
         devices.push(Box::new(Rng));
@@ -73,6 +79,7 @@ fn build_pci(cfg: &VmConfig, mem: &GuestMem, kvm: &Arc<KvmVm>) -> Result<Pci, Vm
     Ok(Pci {
         root: Arc::new(Mutex::new(root)),
         images,
+        counters,
     })
 }
 

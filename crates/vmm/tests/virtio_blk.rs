@@ -231,3 +231,32 @@ fn bad_disk_options_exit_2_and_name_the_option() {
     assert_eq!(o.status.code(), Some(1), "{}", err(&o));
     assert!(err(&o).contains("missing.raw"), "{}", err(&o));
 }
+
+#[test]
+fn a_looping_chain_from_the_guest_needs_a_reset_and_the_device_recovers() {
+    if !kvm_available("a_looping_chain_from_the_guest_needs_a_reset_and_the_device_recovers") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, other) = (dir.path().join("d.raw"), dir.path().join("o.raw"));
+    std::fs::write(&disk, pattern_disk(9)).unwrap();
+    std::fs::write(&other, vec![0u8; DISK]).unwrap();
+    let o = run_blk(
+        &format!("path={},format=raw,serial=DISK-1", disk.display()),
+        "blk.seed=9 blk.malformed=1",
+        &other,
+    );
+    let text = out(&o);
+    assert!(
+        text.contains("looping chain: DEVICE_NEEDS_RESET"),
+        "{text}{}",
+        err(&o)
+    );
+    assert!(text.contains("reset and restarted"), "{text}");
+    assert!(
+        err(&o).contains("loops"),
+        "the VMM logs the bad chain: {}",
+        err(&o)
+    );
+    verify(&o, 9, &std::fs::read(&disk).unwrap());
+}

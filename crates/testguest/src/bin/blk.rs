@@ -4,7 +4,8 @@
 //!
 //! Parameters (kernel command line): `blk.slot=N` (PCI slot, default: first virtio-blk),
 //! `blk.seed=N` (pattern seed), `blk.sectors=N` (sectors checked and written, at most 64),
-//! `blk.ro=1` (expect a read-only disk: the write must fail with IOERR).
+//! `blk.ro=1` (expect a read-only disk: the write must fail with IOERR), `blk.malformed=1`
+//! (first send a looping chain, expect DEVICE_NEEDS_RESET, reset and start again).
 #![no_std]
 #![no_main]
 
@@ -106,6 +107,16 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
     }
     // The queue memory is used only by this driver and the device.
     dev.start(core::ptr::addr_of_mut!(QUEUE))?;
+    if virtio::param_u64(cmd, "blk.malformed") == Some(1) {
+        dev.submit_looping_chain(core::ptr::addr_of!(BUF) as u64)?;
+        println!("looping chain: DEVICE_NEEDS_RESET");
+        dev.negotiate(acked)?;
+        dev.start(core::ptr::addr_of_mut!(QUEUE))?;
+        if dev.status() & virtio::NEEDS_RESET != 0 {
+            return Err("DEVICE_NEEDS_RESET survived the reset");
+        }
+        println!("reset and restarted");
+    }
 
     let (st, used) = request(&mut dev, T_GET_ID, 0, 20, true)?;
     // SAFETY: completed request.
