@@ -16,6 +16,8 @@
 
 pub mod boot;
 pub mod io;
+pub mod pci;
+pub mod virtio;
 
 use core::arch::global_asm;
 
@@ -225,7 +227,8 @@ unsafe extern "C" fn enter_user(info: u64, kind: u64) -> ! {
         (*gdt)[6] = base >> 32;
         core::arch::asm!("ltr {0:x}", in(reg) 0x28u16, options(nostack));
     }
-    let user_rsp = core::ptr::addr_of_mut!(USER_STACK) as u64 + STACK_SIZE as u64;
+    // As if called: the ABI wants rsp + 8 to be 16-byte aligned at function entry.
+    let user_rsp = core::ptr::addr_of_mut!(USER_STACK) as u64 + STACK_SIZE as u64 - 8;
     // SAFETY: builds an iretq frame to ring 3 (CS 0x23, SS 0x1b) with IOPL 3; the page tables
     // map everything user-accessible, and `user_main` never returns.
     unsafe {

@@ -11,5 +11,6 @@ pub mod devices;
 pub mod exit;
 pub mod kvm;
 pub mod memory;
+pub mod pci;
 pub mod vcpu;
 pub mod vm;

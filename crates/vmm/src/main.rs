@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use paddock_vmm::boot::{BootConfig, EntryChoice};
+use paddock_vmm::devices::virtio::block::DiskConfig;
 use paddock_vmm::vm::{self, VmConfig};
 
 /// Boots a VM on KVM: Linux direct boot (bzImage or ELF, 64-bit or PVH entry).
@@ -35,6 +36,14 @@ struct Args {
     /// Provide the debug-exit port 0xf4 (a guest write ends the VM with that status).
     #[arg(long)]
     debug_exit: bool,
+    /// A virtio-blk disk (repeatable; PCI slots 00:01.0, 00:02.0, ... in order):
+    /// path=FILE[,format=raw|qcow2|vmdk|vpc|vhdx|vdi][,readonly=on|off][,serial=ID].
+    /// The format defaults to raw and is never probed.
+    #[arg(long = "disk", value_name = "OPTIONS", value_parser = DiskConfig::parse)]
+    disks: Vec<DiskConfig>,
+    /// Add a virtio-rng device (after the disks).
+    #[arg(long)]
+    rng: bool,
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -99,6 +108,8 @@ fn main() -> ExitCode {
         serial_out,
         debug_exit: args.debug_exit,
         dirty_log: false,
+        disks: args.disks,
+        rng: args.rng,
     };
     match vm::run(cfg) {
         Ok(status) => {

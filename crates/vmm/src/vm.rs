@@ -1,17 +1,26 @@
-//! Builds and runs a VM: memory, KVM, legacy devices, boot, vCPU threads.
+//! Builds and runs a VM: memory, KVM, legacy devices, PCI with its virtio devices, boot,
+//! vCPU threads.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{cpuid, regs, ACPI_PM1A_EVT_PORT, ACPI_SCI_IRQ, BOOT_STACK};
+use crate::arch::x86_64::{
+    cpuid, regs, ACPI_PM1A_EVT_PORT, ACPI_SCI_IRQ, BOOT_STACK, PCI_CONFIG_PORT, PCI_ECAM_SIZE,
+    PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START,
+};
 use crate::boot::{self, BootConfig, Entry};
 use crate::bus::Bus;
 use crate::devices::legacy::{acpi_pm, debug_exit, i8042, serial};
+use crate::devices::virtio::block::{Block, BlockCounters, DiskConfig};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::transport::VirtioPciDevice;
+use crate::devices::virtio::VirtioDevice;
 use crate::exit::{ExitSignal, ExitStatus};
 use crate::kvm::KvmVm;
-use crate::memory;
+use crate::memory::{self, GuestMem};
+use crate::pci::{KvmBackend, PciConfigIo, PciConfigMmio, PciMmioWindow, PciRoot, VmBackend};
 use crate::vcpu::{self, Buses};
 
 /// What a VM is made of.
@@ -28,6 +37,50 @@ pub struct VmConfig {
     pub debug_exit: bool,
     /// Track dirty pages in every region (for migration).
     pub dirty_log: bool,
+    /// virtio-blk disks, in PCI slot order from 00:01.0.
+    pub disks: Vec<DiskConfig>,
+    /// Add a virtio-rng device after the disks.
+    pub rng: bool,
+}
+
+/// The PCI bus of a VM, the images its disks opened (flushed when the VM ends) and their
+/// counters (for the control API).
+struct Pci {
+    root: Arc<Mutex<PciRoot>>,
+    images: Vec<Arc<dyn paddock_disk::BlockImage>>,
+    #[allow(dead_code)]
+    counters: Vec<Arc<BlockCounters>>,
+}
+
+/// Builds bus 0: the host bridge, then one virtio-blk per disk, then virtio-rng.
+fn build_pci(cfg: &VmConfig, mem: &GuestMem, kvm: &Arc<KvmVm>) -> Result<Pci, VmError> {
+    let backend: Arc<dyn VmBackend> = Arc::new(KvmBackend::new(kvm.clone()));
+    let mut root = PciRoot::new();
+    let mut images = Vec::new();
+    let mut counters = Vec::new();
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for d in &cfg.disks {
+        let image = d.open().map_err(VmError::Device)?;
+        images.push(image.clone());
+        let block = Block::new(image, d.read_only, &d.serial);
+        counters.push(block.counters());
+        devices.push(Box::new(block));
+    }
+    if cfg.rng {
+        devices.push(Box::new(Rng));
+    }
+    for dev in devices {
+        let name = dev.name().to_string();
+        let pci = VirtioPciDevice::new(dev, mem.clone(), backend.clone())
+            .map_err(|e| VmError::Device(format!("virtio-{name}: {e}")))?;
+        root.add_device(Arc::new(Mutex::new(pci)))
+            .map_err(|e| VmError::Device(format!("virtio-{name}: {e}")))?;
+    }
+    Ok(Pci {
+        root: Arc::new(Mutex::new(root)),
+        images,
+        counters,
+    })
 }
 
 /// Errors starting a VM.
@@ -53,10 +106,11 @@ pub enum VmError {
 /// Boots the VM and blocks until it ends.
 pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
     let mem = memory::create(cfg.memory)?;
-    let kvm = KvmVm::create()?;
+    let kvm = Arc::new(KvmVm::create()?);
     kvm.register_memory(&mem, cfg.dirty_log)?;
     regs::write_boot_tables(&mem)?;
     let entry = boot::load_smp(&mem, &cfg.boot, cfg.cpus)?;
+    let pci = build_pci(&cfg, &mem, &kvm)?;
 
     let exit = ExitSignal::new().map_err(|e| VmError::Device(format!("exit eventfd: {e}")))?;
     let mut pio = Bus::new();
@@ -85,9 +139,28 @@ pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
         )
         .map_err(dev)?;
     }
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo(pci.root.clone()))),
+        PCI_CONFIG_PORT,
+        8,
+    )
+    .map_err(dev)?;
+    let mut mmio = Bus::new();
+    mmio.insert(
+        Arc::new(Mutex::new(PciConfigMmio(pci.root.clone()))),
+        PCI_ECAM_START,
+        PCI_ECAM_SIZE,
+    )
+    .map_err(dev)?;
+    mmio.insert(
+        Arc::new(Mutex::new(PciMmioWindow(pci.root.clone()))),
+        PCI_MMIO_START,
+        PCI_MMIO_SIZE,
+    )
+    .map_err(dev)?;
     let buses = Buses {
         pio: Arc::new(pio),
-        mmio: Arc::new(Bus::new()),
+        mmio: Arc::new(mmio),
     };
 
     let mut threads = Vec::new();
@@ -137,6 +210,12 @@ pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
         reason: "no exit status".into(),
     });
     drop(threads);
+    for image in &pci.images {
+        if let Err(e) = image.flush() {
+            eprintln!("paddock-vmm: flushing a disk at exit: {e}");
+        }
+    }
+    std::mem::forget(pci);
     std::mem::forget(kvm);
     std::mem::forget(mem);
     Ok(status)

@@ -1,11 +1,11 @@
 //! The only place that issues KVM ioctls: opening `/dev/kvm`, creating the VM with its
-//! in-kernel irqchip and PIT, registering memory, irqfds and ioeventfds, and creating vCPUs.
+//! in-kernel irqchip and PIT, registering memory, irqfds, GSI routes and ioeventfds, and creating vCPUs.
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region, CpuId, KvmIrqRouting,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vm_memory::{GuestMemory, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -100,6 +100,38 @@ impl KvmVm {
     /// Routes `evt` to interrupt line `gsi`.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), KvmError> {
         ioctl("KVM_IRQFD", self.vm.register_irqfd(evt, gsi))
+    }
+
+    /// Stops routing `evt` to `gsi`.
+    pub fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), KvmError> {
+        ioctl("KVM_IRQFD (deassign)", self.vm.unregister_irqfd(evt, gsi))
+    }
+
+    /// Replaces the whole GSI routing table with `entries` (KVM_SET_GSI_ROUTING).
+    pub fn set_gsi_routing(&self, entries: &[kvm_irq_routing_entry]) -> Result<(), KvmError> {
+        let table = KvmIrqRouting::from_entries(entries).map_err(|_| KvmError::Ioctl {
+            what: "KVM_SET_GSI_ROUTING (table size)",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        ioctl("KVM_SET_GSI_ROUTING", self.vm.set_gsi_routing(&table))
+    }
+
+    /// Signals `evt` on any guest write to the MMIO address `addr`, without an exit.
+    pub fn register_mmio_ioeventfd(&self, evt: &EventFd, addr: u64) -> Result<(), KvmError> {
+        ioctl(
+            "KVM_IOEVENTFD",
+            self.vm
+                .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch),
+        )
+    }
+
+    /// Removes an ioeventfd registered with [`KvmVm::register_mmio_ioeventfd`].
+    pub fn unregister_mmio_ioeventfd(&self, evt: &EventFd, addr: u64) -> Result<(), KvmError> {
+        ioctl(
+            "KVM_IOEVENTFD (deassign)",
+            self.vm
+                .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch),
+        )
     }
 
     /// Creates vCPU `id`.

@@ -1,0 +1,143 @@
+//! The per-device worker thread: it sleeps in epoll on one eventfd per queue (signalled by
+//! KVM ioeventfds or by the transport) and a stop eventfd, hands ready queues to the device's
+//! [`QueueHandler`], and raises interrupts. A malformed chain marks the device as needing a
+//! reset and stops its queues; nothing the guest writes can panic the thread.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::queue::{ChainError, Queue};
+use crate::memory::GuestMem;
+
+/// Processes a device's queues: the device logic, apart from the event loop.
+pub trait QueueHandler: Send {
+    /// Handles every available chain of queue `index`; returns whether any buffer was used.
+    fn process(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMem,
+    ) -> Result<bool, ChainError>;
+}
+
+/// How a device raises interrupts through its transport.
+pub trait Interrupt: Send + Sync {
+    /// Used buffers in queue `index`.
+    fn signal_queue(&self, index: usize);
+    /// Configuration or status change (DEVICE_NEEDS_RESET).
+    fn signal_config(&self);
+}
+
+/// A queue handed to the worker with the eventfd that announces new buffers.
+pub struct WorkerQueue {
+    /// Queue index.
+    pub index: usize,
+    /// The queue.
+    pub queue: Queue,
+    /// Its notification eventfd.
+    pub event: EventFd,
+}
+
+/// A running worker; stopping it (or dropping it) joins the thread.
+pub struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+const STOP: u64 = u64::MAX;
+
+impl Worker {
+    /// Starts the worker thread `name`.
+    pub fn spawn(
+        name: String,
+        mut handler: Box<dyn QueueHandler>,
+        mut queues: Vec<WorkerQueue>,
+        mem: GuestMem,
+        interrupt: Arc<dyn Interrupt>,
+        needs_reset: Arc<AtomicBool>,
+    ) -> std::io::Result<Worker> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP),
+        )?;
+        for (i, q) in queues.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                q.event.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        let thread_name = name.clone();
+        let thread = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let mut events = vec![EpollEvent::default(); queues.len() + 1];
+                let mut broken = false;
+                loop {
+                    let n = match epoll.wait(-1, &mut events) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            eprintln!("paddock-vmm: {name}: epoll failed: {e}");
+                            return;
+                        }
+                    };
+                    for ev in &events[..n] {
+                        if ev.data() == STOP {
+                            return;
+                        }
+                        let Some(q) = queues.get_mut(ev.data() as usize) else {
+                            continue;
+                        };
+                        let _ = q.event.read();
+                        if broken {
+                            continue;
+                        }
+                        match handler.process(q.index, &mut q.queue, &mem) {
+                            Ok(true) => {
+                                if q.queue.needs_interrupt(&mem) {
+                                    interrupt.signal_queue(q.index);
+                                }
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                eprintln!(
+                                    "paddock-vmm: {name}: queue {}: {e}; the device needs a reset",
+                                    q.index
+                                );
+                                broken = true;
+                                needs_reset.store(true, Ordering::SeqCst);
+                                interrupt.signal_config();
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.stop.write(1);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
