@@ -5,7 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn paddock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock")).args(args).output().expect("run paddock")
+    Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(args)
+        .output()
+        .expect("run paddock")
 }
 
 fn ok(o: &Output) {
@@ -18,7 +21,10 @@ fn ok(o: &Output) {
 }
 
 fn have_qemu_img(test: &str) -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("SKIP {test}: qemu-img is not installed (run scripts/setup.sh)");
     }
@@ -48,19 +54,48 @@ fn chain(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::Path
     let raw = dir.join("base.raw");
     write_raw(&raw, 8 << 20, &[(0, 1, 1 << 20), (4 << 20, 2, 100_000)]);
     let base = dir.join("base.qcow2");
-    ok(&paddock(&["image", "convert", "-O", "qcow2", raw.to_str().unwrap(), base.to_str().unwrap()]));
+    ok(&paddock(&[
+        "image",
+        "convert",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        base.to_str().unwrap(),
+    ]));
     let top = dir.join("top.qcow2");
-    ok(&paddock(&["image", "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top.to_str().unwrap()]));
+    ok(&paddock(&[
+        "image",
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+    ]));
     // The guest's view: base plus a write in the top layer.
     let view = dir.join("view.raw");
-    write_raw(&view, 8 << 20, &[(0, 1, 1 << 20), (4 << 20, 2, 100_000), (6 << 20, 3, 70_000)]);
+    write_raw(
+        &view,
+        8 << 20,
+        &[(0, 1, 1 << 20), (4 << 20, 2, 100_000), (6 << 20, 3, 70_000)],
+    );
     let patch = dir.join("patch.raw");
     write_raw(&patch, 8 << 20, &[(6 << 20, 3, 70_000)]);
     // Write the top layer's data through the engine: convert -n into the existing overlay
     // copies only the patch's data (zeroes are skipped because the target is not rewritten).
     ok(&paddock(&[
-        "image", "convert", "-n", "--target-is-zero", "-f", "raw", "-O", "qcow2",
-        patch.to_str().unwrap(), top.to_str().unwrap(),
+        "image",
+        "convert",
+        "-n",
+        "--target-is-zero",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        patch.to_str().unwrap(),
+        top.to_str().unwrap(),
     ]));
     (base, top, view)
 }
@@ -69,14 +104,31 @@ fn chain(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::Path
 fn overlay_reads_through_its_backing_file_and_maps_depths() {
     let dir = tempfile::tempdir().unwrap();
     let (_base, top, view) = chain(dir.path());
-    let o = paddock(&["image", "compare", top.to_str().unwrap(), view.to_str().unwrap()]);
+    let o = paddock(&[
+        "image",
+        "compare",
+        top.to_str().unwrap(),
+        view.to_str().unwrap(),
+    ]);
     ok(&o);
     let o = paddock(&["image", "map", "--output=json", top.to_str().unwrap()]);
     ok(&o);
     let map: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(map.iter().any(|e| e["depth"] == 0 && e["data"] == true), "{map:?}");
-    assert!(map.iter().any(|e| e["depth"] == 1 && e["data"] == true), "{map:?}");
-    let o = paddock(&["image", "info", "--backing-chain", "--json", top.to_str().unwrap()]);
+    assert!(
+        map.iter().any(|e| e["depth"] == 0 && e["data"] == true),
+        "{map:?}"
+    );
+    assert!(
+        map.iter().any(|e| e["depth"] == 1 && e["data"] == true),
+        "{map:?}"
+    );
+    let o = paddock(&[
+        "image",
+        "info",
+        "--backing-chain",
+        "--json",
+        top.to_str().unwrap(),
+    ]);
     ok(&o);
     let chain: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(chain.len(), 2);
@@ -87,15 +139,29 @@ fn overlay_reads_through_its_backing_file_and_maps_depths() {
 fn safe_rebase_onto_nothing_flattens_and_keeps_the_guest_view() {
     let dir = tempfile::tempdir().unwrap();
     let (base, top, view) = chain(dir.path());
-    ok(&paddock(&["image", "rebase", "-b", "", top.to_str().unwrap()]));
+    ok(&paddock(&[
+        "image",
+        "rebase",
+        "-b",
+        "",
+        top.to_str().unwrap(),
+    ]));
     std::fs::remove_file(&base).unwrap();
     let o = paddock(&["image", "info", "--json", top.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v.get("backing-filename").is_none(), "{v}");
-    ok(&paddock(&["image", "compare", top.to_str().unwrap(), view.to_str().unwrap()]));
+    ok(&paddock(&[
+        "image",
+        "compare",
+        top.to_str().unwrap(),
+        view.to_str().unwrap(),
+    ]));
     if have_qemu_img("safe_rebase_onto_nothing_flattens_and_keeps_the_guest_view") {
         assert!(qemu_compare(&top, &view));
-        let c = Command::new("qemu-img").args(["check", top.to_str().unwrap()]).output().unwrap();
+        let c = Command::new("qemu-img")
+            .args(["check", top.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stdout));
     }
 }
@@ -106,10 +172,24 @@ fn unsafe_rebase_only_rewrites_the_name() {
     let (base, top, _view) = chain(dir.path());
     std::fs::rename(&base, dir.path().join("moved.qcow2")).unwrap();
     // The chain is broken: opening with the backing file fails and names it.
-    let o = paddock(&["image", "compare", top.to_str().unwrap(), top.to_str().unwrap()]);
+    let o = paddock(&[
+        "image",
+        "compare",
+        top.to_str().unwrap(),
+        top.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("base.qcow2"));
-    ok(&paddock(&["image", "rebase", "-u", "-b", "moved.qcow2", "-F", "qcow2", top.to_str().unwrap()]));
+    ok(&paddock(&[
+        "image",
+        "rebase",
+        "-u",
+        "-b",
+        "moved.qcow2",
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+    ]));
     let o = paddock(&["image", "info", "--json", top.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["backing-filename"], "moved.qcow2");
@@ -121,14 +201,30 @@ fn commit_moves_the_overlay_data_into_the_base() {
     let (base, top, view) = chain(dir.path());
     ok(&paddock(&["image", "commit", top.to_str().unwrap()]));
     // The base alone now shows the guest view, and the overlay still does.
-    ok(&paddock(&["image", "compare", base.to_str().unwrap(), view.to_str().unwrap()]));
-    ok(&paddock(&["image", "compare", top.to_str().unwrap(), view.to_str().unwrap()]));
+    ok(&paddock(&[
+        "image",
+        "compare",
+        base.to_str().unwrap(),
+        view.to_str().unwrap(),
+    ]));
+    ok(&paddock(&[
+        "image",
+        "compare",
+        top.to_str().unwrap(),
+        view.to_str().unwrap(),
+    ]));
     let o = paddock(&["image", "map", "--json", top.to_str().unwrap()]);
     let map: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(!map.iter().any(|e| e["depth"] == 0 && e["data"] == true), "overlay emptied: {map:?}");
+    assert!(
+        !map.iter().any(|e| e["depth"] == 0 && e["data"] == true),
+        "overlay emptied: {map:?}"
+    );
     if have_qemu_img("commit_moves_the_overlay_data_into_the_base") {
         assert!(qemu_compare(&base, &view));
-        let c = Command::new("qemu-img").args(["check", base.to_str().unwrap()]).output().unwrap();
+        let c = Command::new("qemu-img")
+            .args(["check", base.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stdout));
     }
 }
@@ -144,12 +240,20 @@ fn check_repair_frees_leaked_clusters() {
     // (16-bit refcounts, the default) and grow the file to hold it.
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
         let mut h = [0u8; 104];
         f.read_exact_at(&mut h, 0).unwrap();
         let cluster_bits = u32::from_be_bytes(h[20..24].try_into().unwrap());
         let rt = u64::from_be_bytes(h[48..56].try_into().unwrap());
-        assert_eq!(u32::from_be_bytes(h[96..100].try_into().unwrap()), 4, "16-bit refcounts");
+        assert_eq!(
+            u32::from_be_bytes(h[96..100].try_into().unwrap()),
+            4,
+            "16-bit refcounts"
+        );
         let mut e = [0u8; 8];
         f.read_exact_at(&mut e, rt).unwrap();
         let block = u64::from_be_bytes(e);
@@ -168,7 +272,10 @@ fn check_repair_frees_leaked_clusters() {
     let o = paddock(&["image", "check", p]);
     assert_eq!(o.status.code(), Some(0));
     if have_qemu_img("check_repair_frees_leaked_clusters") {
-        let c = Command::new("qemu-img").args(["check", p]).output().unwrap();
+        let c = Command::new("qemu-img")
+            .args(["check", p])
+            .output()
+            .unwrap();
         assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stdout));
     }
 }

@@ -107,9 +107,14 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
+/// The message already ends with the I/O error's text, so no separate source is reported
+/// (error chains printed by callers would otherwise repeat it).
+impl std::error::Error for Error {}
+
+impl Error {
+    /// The operating-system error behind an [`ErrorKind::Io`] error.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_ref()
     }
 }
 

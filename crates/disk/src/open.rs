@@ -102,7 +102,9 @@ impl OpenContext {
             );
         }
         if allowed.is_empty() {
-            let canon = path.canonicalize().ctx(|| path.display().to_string())?;
+            let canon = path
+                .canonicalize()
+                .ctx(|| format!("cannot open {}", path.display()))?;
             if let Some(parent) = canon.parent() {
                 allowed.push(parent.to_path_buf());
             }
@@ -235,7 +237,7 @@ fn has_protocol_prefix(name: &str) -> bool {
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn BlockImage>> {
     let ctx = OpenContext::for_file(path, opts)?;
     open_file_with(path, opts.format, &ctx).map_err(|e| {
-        if e.message().starts_with(&path.display().to_string()) {
+        if e.message().contains(&path.display().to_string()) {
             e
         } else {
             e.context(path.display())
@@ -249,11 +251,8 @@ fn open_file_with(
     ctx: &OpenContext,
 ) -> Result<Box<dyn BlockImage>> {
     let storage = FileStorage::open(path, ctx.writable).ctx(|| {
-        format!(
-            "cannot open {} {}",
-            path.display(),
-            if ctx.writable { "for writing" } else { "" }
-        )
+        let mode = if ctx.writable { " for writing" } else { "" };
+        format!("cannot open {}{mode}", path.display())
     })?;
     open_storage(Box::new(storage), format, ctx)
 }
