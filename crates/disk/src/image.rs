@@ -127,6 +127,75 @@ impl CheckReport {
     }
 }
 
+/// How hard compressed output is squeezed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressionLevel {
+    /// Throughput first: deflate level 1, zstd level 1. The default for conversion, where the
+    /// output is usually shipped once and read many times at the same speed either way.
+    #[default]
+    Fast,
+    /// What qemu-img uses: deflate level 6, zstd level 3.
+    Standard,
+    /// An explicit level: deflate 1 to 9, zstd 1 to 19 (clamped).
+    Level(u8),
+}
+
+impl CompressionLevel {
+    /// The deflate level (1 to 9).
+    pub fn deflate(self) -> u32 {
+        match self {
+            CompressionLevel::Fast => 1,
+            CompressionLevel::Standard => 6,
+            CompressionLevel::Level(l) => u32::from(l).clamp(1, 9),
+        }
+    }
+
+    /// The zstd level (1 to 19).
+    pub fn zstd(self) -> i32 {
+        match self {
+            CompressionLevel::Fast => 1,
+            CompressionLevel::Standard => 3,
+            CompressionLevel::Level(l) => i32::from(l).clamp(1, 19),
+        }
+    }
+
+    /// Parses `fast`, `standard` or a number.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "fast" => Ok(CompressionLevel::Fast),
+            "standard" | "default" => Ok(CompressionLevel::Standard),
+            n => n
+                .parse::<u8>()
+                .ok()
+                .filter(|l| (1..=19).contains(l))
+                .map(CompressionLevel::Level)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "compression level '{s}' is not fast, standard or 1 to 19"
+                    ))
+                }),
+        }
+    }
+
+    /// A compact encoding for an atomic (0 = Fast, 255 = Standard, else the level).
+    pub fn encode(self) -> u8 {
+        match self {
+            CompressionLevel::Fast => 0,
+            CompressionLevel::Standard => 255,
+            CompressionLevel::Level(l) => l.clamp(1, 19),
+        }
+    }
+
+    /// Inverse of [`CompressionLevel::encode`].
+    pub fn decode(v: u8) -> Self {
+        match v {
+            0 => CompressionLevel::Fast,
+            255 => CompressionLevel::Standard,
+            l => CompressionLevel::Level(l),
+        }
+    }
+}
+
 /// Format-specific compressed output, where the format has it (qcow2 compressed clusters,
 /// VMDK streamOptimized grains). Compression is pure CPU work done by the caller on any
 /// thread; storing is done by [`CompressedWrite::write_compressed`].
@@ -146,6 +215,9 @@ pub trait CompressedWrite: Sync {
     fn requires_sequential(&self) -> bool {
         false
     }
+
+    /// Sets how hard [`CompressedWrite::compress`] compresses from now on.
+    fn set_level(&self, level: CompressionLevel);
 }
 
 /// An open disk image.

@@ -17,7 +17,9 @@ pub mod storage;
 
 pub use error::{Error, ErrorKind, Result};
 pub use format::Format;
-pub use image::{BlockImage, CheckReport, CompressedWrite, Extent, ExtentKind, ImageInfo};
+pub use image::{
+    BlockImage, CheckReport, CompressedWrite, CompressionLevel, Extent, ExtentKind, ImageInfo,
+};
 pub use open::{create, open, open_storage, parse_size, CreateOptions, OpenContext, OpenOptions};
 pub use storage::{FileStorage, MemStorage, Storage};
 pub mod ops;

@@ -21,7 +21,8 @@ pub struct ConvertArgs {
     #[arg(short = 'O', long = "output-format", default_value = "raw")]
     pub output_format: String,
     /// Output format options, `key=value[,key=value]` (cluster_size, compat, subformat,
-    /// compression_type, preallocation, ...).
+    /// compression_type, preallocation, ...), plus `compression_level=fast|standard|1-19`
+    /// (default fast; `standard` is what qemu-img uses).
     #[arg(short = 'o', long = "options")]
     pub options: Vec<String>,
     /// Compress the output (qcow2; vmdk streamOptimized always compresses).
@@ -88,7 +89,12 @@ pub fn run(args: ConvertArgs) -> Result<ExitCode> {
     open_opts.open_backing = true;
     let src = paddock_disk::open(input, &open_opts)?;
     let size = src.virtual_size();
-    let options = parse_options(&args.options)?;
+    let mut options = parse_options(&args.options)?;
+    // Ours, not qemu-img's: how hard compressed output is compressed (fast, standard, 1-19).
+    let compression_level = match options.remove("compression_level") {
+        Some(l) => paddock_disk::CompressionLevel::parse(&l)?,
+        None => paddock_disk::CompressionLevel::Fast,
+    };
     let dst = if args.no_create {
         paddock_disk::open(output, &OpenOptions::write(Some(out_format)))?
     } else {
@@ -108,6 +114,7 @@ pub fn run(args: ConvertArgs) -> Result<ExitCode> {
         threads: args.threads,
         top_only: args.backing.is_some(),
         sparse_granularity: paddock_disk::parse_size(&args.sparse_size)?,
+        compression_level,
         ..Default::default()
     };
     let progress = Arc::new(Progress::new());

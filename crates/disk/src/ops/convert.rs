@@ -35,6 +35,8 @@ pub struct ConvertOptions {
     pub top_only: bool,
     /// Smallest run of zeroes that is skipped rather than written (`-S`); 0 writes all data.
     pub sparse_granularity: u64,
+    /// How hard compressed output is compressed.
+    pub compression_level: crate::image::CompressionLevel,
 }
 
 impl Default for ConvertOptions {
@@ -47,6 +49,7 @@ impl Default for ConvertOptions {
             chunk_size: 2 << 20,
             top_only: false,
             sparse_granularity: 4096,
+            compression_level: crate::image::CompressionLevel::Fast,
         }
     }
 }
@@ -101,6 +104,9 @@ pub fn convert(
         (false, _) => None,
     };
     let sequential = compressed.is_some_and(|c| c.requires_sequential());
+    if let Some(c) = compressed {
+        c.set_level(opts.compression_level);
+    }
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,

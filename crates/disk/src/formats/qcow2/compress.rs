@@ -6,14 +6,19 @@ use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
 
 use super::header::Compression;
 use crate::error::{Error, Result};
+use crate::image::CompressionLevel;
 
 /// Compresses one cluster. The output may be larger than the input (the caller then stores
 /// the cluster uncompressed).
-pub(crate) fn compress(kind: Compression, data: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn compress(kind: Compression, data: &[u8], level: CompressionLevel) -> Result<Vec<u8>> {
     match kind {
         Compression::Zlib => {
             // QEMU inflates with a 4 KiB window (windowBits -12), so deflate with one too.
-            let mut c = Compress::new_with_window_bits(flate2::Compression::default(), false, 12);
+            let mut c = Compress::new_with_window_bits(
+                flate2::Compression::new(level.deflate()),
+                false,
+                12,
+            );
             let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 64);
             loop {
                 let before_in = c.total_in() as usize;
@@ -26,7 +31,7 @@ pub(crate) fn compress(kind: Compression, data: &[u8]) -> Result<Vec<u8>> {
                 }
             }
         }
-        Compression::Zstd => zstd::bulk::compress(data, 3)
+        Compression::Zstd => zstd::bulk::compress(data, level.zstd())
             .map_err(|e| Error::invalid(format!("zstd compression failed: {e}"))),
     }
 }
@@ -65,7 +70,7 @@ mod tests {
     fn both_kinds_round_trip_with_trailing_garbage() {
         let data: Vec<u8> = (0..65536u32).map(|i| (i / 300) as u8).collect();
         for kind in [Compression::Zlib, Compression::Zstd] {
-            let mut c = compress(kind, &data).unwrap();
+            let mut c = compress(kind, &data, CompressionLevel::Fast).unwrap();
             assert!(c.len() < data.len() / 4);
             c.extend_from_slice(&[0xaa; 300]);
             let mut out = vec![0u8; data.len()];

@@ -26,6 +26,8 @@ pub(crate) struct Qcow2Image {
     pub(crate) writable: bool,
     pub(crate) geo: Geo,
     pub(crate) compression: Compression,
+    /// How hard compressed clusters are compressed (`CompressionLevel::encode`).
+    pub(crate) compression_level: std::sync::atomic::AtomicU8,
     pub(crate) size: AtomicU64,
     pub(crate) meta: Mutex<Meta>,
     /// The last decompressed cluster: (descriptor, bytes).
@@ -54,6 +56,14 @@ fn read_table(st: &dyn Storage, offset: u64, entries: u64, what: &str) -> Result
 }
 
 impl Qcow2Image {
+    /// The current compression level for compressed clusters.
+    pub(crate) fn level(&self) -> crate::image::CompressionLevel {
+        crate::image::CompressionLevel::decode(
+            self.compression_level
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Opens the image in `st`.
     pub(crate) fn open(st: Box<dyn Storage>, ctx: &OpenContext) -> Result<Qcow2Image> {
         let file_len = st.len().ctx(|| "reading file size".into())?;
@@ -143,6 +153,7 @@ impl Qcow2Image {
             writable,
             geo,
             compression,
+            compression_level: std::sync::atomic::AtomicU8::new(0),
             size: AtomicU64::new(size),
             meta: Mutex::new(meta),
             ccache: Mutex::new(None),

@@ -53,7 +53,8 @@ use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::formats::FormatDriver;
 use crate::image::{
-    check_range, BlockImage, CheckReport, CompressedWrite, Extent, ExtentKind, ImageInfo,
+    check_range, BlockImage, CheckReport, CompressedWrite, CompressionLevel, Extent, ExtentKind,
+    ImageInfo,
 };
 use crate::open::{CreateOptions, OpenContext};
 use crate::storage::Storage;
@@ -228,9 +229,14 @@ impl CompressedWrite for Qcow2Image {
         if (data.len() as u64) < self.geo.cs {
             let mut padded = data.to_vec();
             padded.resize(self.geo.cs as usize, 0);
-            return compress::compress(self.compression, &padded);
+            return compress::compress(self.compression, &padded, self.level());
         }
-        compress::compress(self.compression, data)
+        compress::compress(self.compression, data, self.level())
+    }
+
+    fn set_level(&self, level: CompressionLevel) {
+        self.compression_level
+            .store(level.encode(), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn write_compressed(&self, offset: u64, raw: &[u8], compressed: &[u8]) -> Result<()> {

@@ -525,5 +525,6 @@ pub(crate) fn build_stream(
         backing: None,
         read_only: false,
         desc_storage: None,
+        level: Default::default(),
     })
 }

@@ -55,6 +55,8 @@ pub struct VmdkImage {
     pub(crate) read_only: bool,
     /// The separate descriptor file, synced on flush.
     pub(crate) desc_storage: Option<Box<dyn Storage>>,
+    /// How hard grains are compressed (`CompressionLevel::encode`).
+    pub(crate) level: std::sync::atomic::AtomicU8,
 }
 
 const ZERO_CHUNK: usize = 1 << 20;
@@ -427,7 +429,13 @@ impl CompressedWrite for VmdkImage {
                 data.len()
             )));
         }
-        deflate_grain(data, g)
+        let level = self.level.load(std::sync::atomic::Ordering::Relaxed);
+        deflate_grain(data, g, crate::image::CompressionLevel::decode(level))
+    }
+
+    fn set_level(&self, level: crate::image::CompressionLevel) {
+        self.level
+            .store(level.encode(), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn write_compressed(&self, offset: u64, raw: &[u8], compressed: &[u8]) -> Result<()> {

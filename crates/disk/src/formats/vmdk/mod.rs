@@ -156,6 +156,7 @@ pub(crate) fn open_image(storage: Box<dyn Storage>, ctx: &OpenContext) -> Result
         backing,
         read_only,
         desc_storage,
+        level: Default::default(),
     })
 }
 

@@ -834,11 +834,15 @@ pub fn inflate_grain(packed: &[u8], grain: usize) -> Result<Vec<u8>> {
 }
 
 /// Deflates one grain (padded with zeroes to `grain` bytes) into a zlib stream.
-pub fn deflate_grain(data: &[u8], grain: usize) -> Result<Vec<u8>> {
+pub fn deflate_grain(
+    data: &[u8],
+    grain: usize,
+    level: crate::image::CompressionLevel,
+) -> Result<Vec<u8>> {
     use std::io::Write;
     let mut enc = flate2::write::ZlibEncoder::new(
         Vec::with_capacity(grain / 2),
-        flate2::Compression::default(),
+        flate2::Compression::new(level.deflate()),
     );
     let n = data.len().min(grain);
     enc.write_all(&data[..n])

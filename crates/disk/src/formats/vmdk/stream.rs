@@ -121,7 +121,7 @@ impl SparseExtent {
                 st.next_grain = grain + 1;
                 return Ok(());
             }
-            let packed = deflate_grain(&data, self.grain_bytes as usize)?;
+            let packed = deflate_grain(&data, self.grain_bytes as usize, Default::default())?;
             self.put_grain(st, grain, &packed)?;
         }
         Ok(())
@@ -170,7 +170,7 @@ impl SparseExtent {
                 Some((_, data)) => data[in_grain..in_grain + n].copy_from_slice(piece),
                 None if zeroes || is_zero(piece) => {}
                 None if n as u64 == g => {
-                    let packed = deflate_grain(piece, g as usize)?;
+                    let packed = deflate_grain(piece, g as usize, Default::default())?;
                     self.put_grain(&mut st, grain, &packed)?;
                 }
                 None => {

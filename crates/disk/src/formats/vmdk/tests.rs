@@ -234,15 +234,15 @@ fn stream_round_trip_and_ordering() {
 #[test]
 fn inflate_refuses_bombs_and_garbage() {
     let g = 65536;
-    let grain = deflate_grain(&[7u8; 1000], g).unwrap();
+    let grain = deflate_grain(&[7u8; 1000], g, Default::default()).unwrap();
     let out = inflate_grain(&grain, g).unwrap();
     assert_eq!(out.len(), g);
     assert!(out[..1000].iter().all(|&b| b == 7) && out[1000..].iter().all(|&b| b == 0));
-    let bomb = deflate_grain(&vec![0u8; 4 * g], 4 * g).unwrap();
+    let bomb = deflate_grain(&vec![0u8; 4 * g], 4 * g, Default::default()).unwrap();
     let err = inflate_grain(&bomb, g).unwrap_err();
     assert!(err.to_string().contains("beyond the grain size"), "{err}");
     assert!(inflate_grain(b"not zlib at all", g).is_err());
-    let short = deflate_grain(&[1u8; 10], 10).unwrap();
+    let short = deflate_grain(&[1u8; 10], 10, Default::default()).unwrap();
     assert_eq!(inflate_grain(&short, g).unwrap().len(), g);
 }
 
