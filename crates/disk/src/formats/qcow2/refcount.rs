@@ -480,6 +480,28 @@ impl Refcounts {
                 p.count += 1;
                 return Ok(off);
             }
+            // Spill into the next reserved cluster when it follows this one in the file, as
+            // qemu does: no space is wasted at the end of each host cluster. The spanning
+            // entry counts as a reference in both clusters (both are reserved, so their
+            // on-disk refcounts already cover it).
+            let next = p.cluster + 1;
+            if p.used < self.cs
+                && p.count < limit
+                && len <= self.cs
+                && self.cpool.front() == Some(&next)
+            {
+                let off = p.cluster * self.cs + p.used;
+                let spill = p.used + len - self.cs;
+                p.count += 1;
+                self.close_packing(st)?;
+                self.cpool.pop_front();
+                self.packing = Some(Packing {
+                    cluster: next,
+                    used: spill,
+                    count: 1,
+                });
+                return Ok(off);
+            }
         }
         self.close_packing(st)?;
         if self.cpool.is_empty() {
