@@ -158,7 +158,14 @@ fn main() -> ExitCode {
     let serial_out = match open_serial(&desc.serial) {
         Ok(out) => out,
         Err(e) => {
-            eprintln!("paddock-vmm: serial console {:?}: {e}", desc.serial);
+            let what = match (&args.config, &desc.serial) {
+                (Some(c), SerialTarget::File(p)) => {
+                    format!("--config {}: serial.path {}", c.display(), p.display())
+                }
+                (_, SerialTarget::File(p)) => format!("--serial file={}", p.display()),
+                _ => "serial console".to_string(),
+            };
+            eprintln!("paddock-vmm: {what}: {e}");
             return ExitCode::from(2);
         }
     };

@@ -356,10 +356,10 @@ pub fn run_with(mut cfg: VmConfig, opts: RunOptions) -> Result<ExitStatus, VmErr
         counters: pci.counters.clone(),
         started: Instant::now(),
     };
-    let api = match (listener, &opts.api_socket) {
-        (Some(l), Some(path)) => {
+    let api = match listener {
+        Some(socket) => {
             let f = filters.as_ref().map(|f| f.get(ThreadKind::Api).clone());
-            match ApiServer::start(l, path.clone(), handle, f) {
+            match ApiServer::start(socket, handle, f) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     exit.request(1, format!("cannot start the API thread: {e}"));
@@ -367,7 +367,7 @@ pub fn run_with(mut cfg: VmConfig, opts: RunOptions) -> Result<ExitStatus, VmErr
                 }
             }
         }
-        _ => None,
+        None => None,
     };
     if let Some(f) = &filters {
         if let Err(e) = seccomp::install(ThreadKind::Main, f.get(ThreadKind::Main)) {

@@ -33,8 +33,20 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const STOP: u64 = u64::MAX;
 const LISTENER: u64 = u64::MAX - 1;
 
+/// A bound API socket; the file is removed when this is dropped.
+pub struct BoundSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Binds the API socket (refusing to replace anything but a stale socket).
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub fn bind(path: &Path) -> std::io::Result<BoundSocket> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
@@ -51,14 +63,17 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    UnixListener::bind(path)
+    Ok(BoundSocket {
+        listener: UnixListener::bind(path)?,
+        path: path.to_path_buf(),
+    })
 }
 
 /// The running API thread.
 pub struct ApiServer {
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
-    path: PathBuf,
+    socket: Option<BoundSocket>,
 }
 
 struct Conn {
@@ -67,13 +82,13 @@ struct Conn {
 }
 
 impl ApiServer {
-    /// Starts serving `listener` (bound at `path`) for `vm`; the thread installs `filter`.
+    /// Starts serving `socket` for `vm`; the thread installs `filter`.
     pub fn start(
-        listener: UnixListener,
-        path: PathBuf,
+        socket: BoundSocket,
         vm: VmHandle,
         filter: Option<BpfProgram>,
     ) -> std::io::Result<ApiServer> {
+        let listener = socket.listener.try_clone()?;
         listener.set_nonblocking(true)?;
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
@@ -103,7 +118,7 @@ impl ApiServer {
         Ok(ApiServer {
             stop,
             thread: Some(thread),
-            path,
+            socket: Some(socket),
         })
     }
 
@@ -112,8 +127,9 @@ impl ApiServer {
         if let Some(t) = self.thread.take() {
             let _ = self.stop.write(1);
             let _ = t.join();
-            let _ = std::fs::remove_file(&self.path);
         }
+        // Removes the socket file.
+        self.socket.take();
     }
 }
 

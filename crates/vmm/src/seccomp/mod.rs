@@ -204,8 +204,21 @@ mod tests {
                 "{k}"
             );
         }
-        // Only the vCPU filter lets KVM_RUN through.
-        assert!(rules::for_kind(ThreadKind::Vcpu)
+        // The request numbers the ioctl filters compare with are Linux's.
+        let n = rules::vcpu_ioctls();
+        assert_eq!(
+            n,
+            [
+                0xae80,
+                0x8090_ae81,
+                0x8138_ae83,
+                0x4020_ae76,
+                0x4040_ae79,
+                0x4008_ae6a
+            ]
+        );
+        // Workers make no ioctl at all (their KVM work is eventfd writes).
+        assert!(!rules::for_kind(ThreadKind::Worker)
             .unwrap()
             .contains_key(&libc::SYS_ioctl));
     }
