@@ -4,17 +4,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use paddock_vmm::api::spec::{self, SerialTarget, VmDescription};
 use paddock_vmm::boot::{BootConfig, EntryChoice};
 use paddock_vmm::devices::virtio::block::DiskConfig;
-use paddock_vmm::vm::{self, VmConfig};
+use paddock_vmm::seccomp::ThreadKind;
+use paddock_vmm::vm::{self, RunOptions, VmConfig};
 
 /// Boots a VM on KVM: Linux direct boot (bzImage or ELF, 64-bit or PVH entry).
+///
+/// The VM comes from either the flags below or `--config vm.json` (a Paddock VM spec), not
+/// both.
 #[derive(Parser, Debug)]
 #[command(name = "paddock-vmm", version, about)]
 struct Args {
+    /// The VM as a Paddock VM spec (JSON); excludes the flags that describe the VM.
+    #[arg(long, value_name = "FILE", conflicts_with_all = VM_FLAGS)]
+    config: Option<PathBuf>,
     /// Kernel image (bzImage, or ELF vmlinux / test guest).
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    kernel: Option<PathBuf>,
     /// Initial RAM filesystem.
     #[arg(long)]
     initramfs: Option<PathBuf>,
@@ -33,7 +41,8 @@ struct Args {
     /// Entry point: auto (PVH when the ELF has the note), linux64 or pvh.
     #[arg(long, default_value = "auto", value_parser = ["auto", "linux64", "pvh"])]
     boot_entry: String,
-    /// Provide the debug-exit port 0xf4 (a guest write ends the VM with that status).
+    /// Provide the debug-exit port 0xf4 (a guest write ends the VM with that status). A test
+    /// device, not part of the VM spec, so it combines with --config.
     #[arg(long)]
     debug_exit: bool,
     /// A virtio-blk disk (repeatable; PCI slots 00:01.0, 00:02.0, ... in order):
@@ -44,7 +53,31 @@ struct Args {
     /// Add a virtio-rng device (after the disks).
     #[arg(long)]
     rng: bool,
+    /// Serve the control API (HTTP/1.1 + JSON, see crates/vmm/api/openapi.json) on this Unix
+    /// socket.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Seccomp filters per thread: on (default) or off. Off is for debugging only.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    seccomp: String,
+    /// Test hook: the first thread of this kind (main, api, vcpu, worker) makes a syscall its
+    /// filter forbids, which must kill the process.
+    #[arg(long, hide = true, value_parser = ThreadKind::parse)]
+    seccomp_selftest: Option<ThreadKind>,
 }
+
+/// The flags that describe the VM and so conflict with --config.
+const VM_FLAGS: [&str; 9] = [
+    "kernel",
+    "initramfs",
+    "cmdline",
+    "cpus",
+    "memory",
+    "serial",
+    "boot_entry",
+    "disks",
+    "rng",
+];
 
 fn parse_memory(s: &str) -> Result<u64, String> {
     let (num, shift) = match s.chars().last() {
@@ -68,54 +101,92 @@ fn parse_memory(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let serial_out: Box<dyn std::io::Write + Send> = match args.serial.as_str() {
-        "stdio" => Box::new(std::io::stdout()),
-        "off" => Box::new(std::io::sink()),
-        s if s.starts_with("file=") => {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&s[5..])
-            {
-                Ok(f) => Box::new(f),
-                Err(e) => {
-                    eprintln!("paddock-vmm: --serial {s}: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        other => {
-            eprintln!("paddock-vmm: --serial '{other}': use stdio, off or file=PATH");
-            return ExitCode::from(2);
-        }
+/// The VM as the flags describe it.
+fn describe_flags(args: &Args) -> Result<VmDescription, String> {
+    let serial = match args.serial.as_str() {
+        "stdio" => SerialTarget::Stdio,
+        "off" => SerialTarget::Off,
+        s if s.starts_with("file=") => SerialTarget::File(PathBuf::from(&s[5..])),
+        other => return Err(format!("--serial '{other}': use stdio, off or file=PATH")),
     };
     let entry = match args.boot_entry.as_str() {
         "linux64" => EntryChoice::Linux64,
         "pvh" => EntryChoice::Pvh,
         _ => EntryChoice::Auto,
     };
-    let cfg = VmConfig {
+    Ok(VmDescription {
         boot: BootConfig {
-            kernel: args.kernel,
-            initramfs: args.initramfs,
-            cmdline: args.cmdline,
+            kernel: args.kernel.clone().unwrap_or_default(),
+            initramfs: args.initramfs.clone(),
+            cmdline: args.cmdline.clone(),
             entry,
         },
         cpus: args.cpus,
         memory: args.memory,
+        serial,
+        disks: args.disks.clone(),
+        rng: args.rng,
+    })
+}
+
+fn open_serial(target: &SerialTarget) -> std::io::Result<Box<dyn std::io::Write + Send>> {
+    Ok(match target {
+        SerialTarget::Stdio => Box::new(std::io::stdout()),
+        SerialTarget::Off => Box::new(std::io::sink()),
+        SerialTarget::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let desc = match &args.config {
+        Some(path) => spec::load(path).map_err(|e| format!("--config {e}")),
+        None => describe_flags(&args),
+    };
+    let desc = match desc {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("paddock-vmm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let serial_out = match open_serial(&desc.serial) {
+        Ok(out) => out,
+        Err(e) => {
+            let what = match (&args.config, &desc.serial) {
+                (Some(c), SerialTarget::File(p)) => {
+                    format!("--config {}: serial.path {}", c.display(), p.display())
+                }
+                (_, SerialTarget::File(p)) => format!("--serial file={}", p.display()),
+                _ => "serial console".to_string(),
+            };
+            eprintln!("paddock-vmm: {what}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = VmConfig {
+        boot: desc.boot,
+        cpus: desc.cpus,
+        memory: desc.memory,
         serial_out,
         debug_exit: args.debug_exit,
         dirty_log: false,
-        disks: args.disks,
-        rng: args.rng,
+        disks: desc.disks,
+        rng: desc.rng,
     };
-    match vm::run(cfg) {
+    let opts = RunOptions {
+        api_socket: args.api_socket,
+        seccomp: args.seccomp == "on",
+        seccomp_selftest: args.seccomp_selftest,
+    };
+    match vm::run_with(cfg, opts) {
         Ok(status) => {
-            if status.code != 0 {
-                eprintln!("paddock-vmm: {}", status.reason);
-            }
+            eprintln!("paddock-vmm: {}", status.reason);
             ExitCode::from(status.code.clamp(0, 255) as u8)
         }
         Err(e) => {

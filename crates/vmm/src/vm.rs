@@ -1,11 +1,15 @@
 //! Builds and runs a VM: memory, KVM, legacy devices, PCI with its virtio devices, boot,
-//! vCPU threads.
+//! vCPU threads, the control API and seccomp; then tears it down in order (API thread, vCPU
+//! threads, device workers, images flushed) and returns the exit status.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::{self, ApiServer, DeviceCounters, DeviceInfo, VmHandle, VmInfo};
 use crate::arch::x86_64::{
     cpuid, regs, ACPI_PM1A_EVT_PORT, ACPI_SCI_IRQ, BOOT_STACK, PCI_CONFIG_PORT, PCI_ECAM_SIZE,
     PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START,
@@ -13,7 +17,7 @@ use crate::arch::x86_64::{
 use crate::boot::{self, BootConfig, Entry};
 use crate::bus::Bus;
 use crate::devices::legacy::{acpi_pm, debug_exit, i8042, serial};
-use crate::devices::virtio::block::{Block, BlockCounters, DiskConfig};
+use crate::devices::virtio::block::{Block, DiskConfig};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::VirtioPciDevice;
 use crate::devices::virtio::VirtioDevice;
@@ -21,7 +25,8 @@ use crate::exit::{ExitSignal, ExitStatus};
 use crate::kvm::KvmVm;
 use crate::memory::{self, GuestMem};
 use crate::pci::{KvmBackend, PciConfigIo, PciConfigMmio, PciMmioWindow, PciRoot, VmBackend};
-use crate::vcpu::{self, Buses};
+use crate::seccomp::{self, Filters, ThreadKind};
+use crate::vcpu::{Buses, VcpuStart, Vcpus};
 
 /// What a VM is made of.
 pub struct VmConfig {
@@ -43,13 +48,34 @@ pub struct VmConfig {
     pub rng: bool,
 }
 
-/// The PCI bus of a VM, the images its disks opened (flushed when the VM ends) and their
-/// counters (for the control API).
+/// How the VMM process around the VM behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Serve the control API on this Unix socket.
+    pub api_socket: Option<PathBuf>,
+    /// Install the seccomp filters (on by default; off only for debugging).
+    pub seccomp: bool,
+    /// Make the first thread of this kind call a forbidden syscall (tests of the filters).
+    pub seccomp_selftest: Option<ThreadKind>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            api_socket: None,
+            seccomp: true,
+            seccomp_selftest: None,
+        }
+    }
+}
+
+/// The PCI bus of a VM, the images its disks opened (flushed when the VM ends), and what the
+/// control API shows of its devices.
 struct Pci {
     root: Arc<Mutex<PciRoot>>,
     images: Vec<Arc<dyn paddock_disk::BlockImage>>,
-    #[allow(dead_code)]
-    counters: Vec<Arc<BlockCounters>>,
+    devices: Vec<DeviceInfo>,
+    counters: Vec<DeviceCounters>,
 }
 
 /// Builds bus 0: the host bridge, then one virtio-blk per disk, then virtio-rng.
@@ -58,27 +84,43 @@ fn build_pci(cfg: &VmConfig, mem: &GuestMem, kvm: &Arc<KvmVm>) -> Result<Pci, Vm
     let mut root = PciRoot::new();
     let mut images = Vec::new();
     let mut counters = Vec::new();
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for d in &cfg.disks {
+    let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    for (i, d) in cfg.disks.iter().enumerate() {
         let image = d.open().map_err(VmError::Device)?;
         images.push(image.clone());
         let block = Block::new(image, d.read_only, &d.serial);
-        counters.push(block.counters());
-        devices.push(Box::new(block));
+        let name = format!("virtio-blk{i}");
+        counters.push(DeviceCounters {
+            name: name.clone(),
+            source: block.counters(),
+        });
+        devices.push((name, Box::new(block)));
     }
     if cfg.rng {
-        devices.push(Box::new(Rng));
+        devices.push(("virtio-rng0".into(), Box::new(Rng)));
     }
-    for dev in devices {
-        let name = dev.name().to_string();
+    let mut infos = vec![DeviceInfo {
+        name: "host-bridge".into(),
+        kind: "pci-host-bridge".into(),
+        location: "pci 00:00.0".into(),
+    }];
+    for (name, dev) in devices {
+        let kind = format!("virtio-{}", dev.name());
         let pci = VirtioPciDevice::new(dev, mem.clone(), backend.clone())
-            .map_err(|e| VmError::Device(format!("virtio-{name}: {e}")))?;
-        root.add_device(Arc::new(Mutex::new(pci)))
-            .map_err(|e| VmError::Device(format!("virtio-{name}: {e}")))?;
+            .map_err(|e| VmError::Device(format!("{kind}: {e}")))?;
+        let slot = root
+            .add_device(Arc::new(Mutex::new(pci)))
+            .map_err(|e| VmError::Device(format!("{kind}: {e}")))?;
+        infos.push(DeviceInfo {
+            name,
+            kind,
+            location: format!("pci 00:{slot:02x}.0"),
+        });
     }
     Ok(Pci {
         root: Arc::new(Mutex::new(root)),
         images,
+        devices: infos,
         counters,
     })
 }
@@ -101,36 +143,66 @@ pub enum VmError {
     /// Device setup.
     #[error("device setup: {0}")]
     Device(String),
+    /// Seccomp filters.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    /// The control API socket.
+    #[error("--api-socket {path}: {source}")]
+    Api {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Threads.
+    #[error("starting threads: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
-/// Boots the VM and blocks until it ends.
-pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
-    let mem = memory::create(cfg.memory)?;
-    let kvm = Arc::new(KvmVm::create()?);
-    kvm.register_memory(&mem, cfg.dirty_log)?;
-    regs::write_boot_tables(&mem)?;
-    let entry = boot::load_smp(&mem, &cfg.boot, cfg.cpus)?;
-    let pci = build_pci(&cfg, &mem, &kvm)?;
+/// The port and MMIO buses with the legacy devices and PCI's config and BAR windows.
+struct Legacy {
+    buses: Buses,
+    acpi: Arc<Mutex<acpi_pm::AcpiPm>>,
+    devices: Vec<DeviceInfo>,
+}
 
-    let exit = ExitSignal::new().map_err(|e| VmError::Device(format!("exit eventfd: {e}")))?;
+fn build_buses(
+    cfg: &mut VmConfig,
+    kvm: &KvmVm,
+    exit: &ExitSignal,
+    pci: &Pci,
+) -> Result<Legacy, VmError> {
+    let dev = |e: crate::bus::BusError| VmError::Device(e.to_string());
+    let mut infos = Vec::new();
+    let mut info = |name: &str, kind: &str, port: u64| {
+        infos.push(DeviceInfo {
+            name: name.into(),
+            kind: kind.into(),
+            location: format!("pio {port:#x}"),
+        })
+    };
     let mut pio = Bus::new();
     let irq = EventFd::new(libc::EFD_NONBLOCK)
         .map_err(|e| VmError::Device(format!("serial irq: {e}")))?;
     kvm.register_irqfd(&irq, serial::COM1_IRQ)?;
-    let com1 = Arc::new(Mutex::new(serial::SerialDevice::new(irq, cfg.serial_out)));
-    let dev = |e: crate::bus::BusError| VmError::Device(e.to_string());
+    let out = std::mem::replace(&mut cfg.serial_out, Box::new(std::io::sink()));
+    let com1 = Arc::new(Mutex::new(serial::SerialDevice::new(irq, out)));
     pio.insert(com1, serial::COM1, 8).map_err(dev)?;
+    info("com1", "serial", serial::COM1);
     pio.insert(
         Arc::new(Mutex::new(i8042::I8042::new(exit.clone()))),
         i8042::BASE,
         5,
     )
     .map_err(dev)?;
+    info("i8042", "i8042", i8042::BASE);
     let sci = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(format!("SCI: {e}")))?;
     kvm.register_irqfd(&sci, u32::from(ACPI_SCI_IRQ))?;
-    let pm = Arc::new(Mutex::new(acpi_pm::AcpiPm::new(sci, exit.clone())));
-    pio.insert(pm, u64::from(ACPI_PM1A_EVT_PORT), acpi_pm::LEN)
+    let acpi = Arc::new(Mutex::new(acpi_pm::AcpiPm::new(sci, exit.clone())));
+    pio.insert(acpi.clone(), u64::from(ACPI_PM1A_EVT_PORT), acpi_pm::LEN)
         .map_err(dev)?;
+    info("acpi-pm", "acpi-pm1a", u64::from(ACPI_PM1A_EVT_PORT));
     if cfg.debug_exit {
         pio.insert(
             Arc::new(Mutex::new(debug_exit::DebugExit::new(exit.clone()))),
@@ -138,6 +210,7 @@ pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
             4,
         )
         .map_err(dev)?;
+        info("debug-exit", "debug-exit", debug_exit::PORT);
     }
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo(pci.root.clone()))),
@@ -158,12 +231,19 @@ pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
         PCI_MMIO_SIZE,
     )
     .map_err(dev)?;
-    let buses = Buses {
-        pio: Arc::new(pio),
-        mmio: Arc::new(mmio),
-    };
+    Ok(Legacy {
+        buses: Buses {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+        },
+        acpi,
+        devices: infos,
+    })
+}
 
-    let mut threads = Vec::new();
+/// Creates the vCPUs and sets their boot state (vCPU 0 gets the entry point).
+fn create_vcpus(cfg: &VmConfig, kvm: &KvmVm, entry: Entry) -> Result<Vec<VcpuStart>, VmError> {
+    let mut out = Vec::new();
     for id in 0..cfg.cpus {
         let fd = kvm.create_vcpu(id as u64)?;
         crate::kvm::vcpu::set_cpuid(&fd, &cpuid::for_vcpu(&kvm.supported_cpuid, id, cfg.cpus, 1))?;
@@ -182,41 +262,140 @@ pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
                 }
             }
         }
-        let (b, e) = (buses.clone(), exit.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || vcpu::run(id as u64, fd, b, e))
-                .map_err(|e| VmError::Device(format!("vCPU thread: {e}")))?,
-        );
+        let kick = kvm.vcpu_kick(&fd)?;
+        out.push(VcpuStart {
+            id: id as u64,
+            fd,
+            kick,
+        });
     }
-    // Wait for the first exit request.
+    Ok(out)
+}
+
+/// Blocks until the first exit request.
+fn wait_for_exit(exit: &ExitSignal) -> ExitStatus {
     let mut pfd = libc::pollfd {
         fd: std::os::fd::AsRawFd::as_raw_fd(exit.event()),
         events: libc::POLLIN,
         revents: 0,
     };
     loop {
+        if let Some(s) = exit.status() {
+            return s;
+        }
         // SAFETY: polls one valid, owned eventfd descriptor; `pfd` lives across the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if r > 0 || exit.status().is_some() {
-            break;
+        unsafe { libc::poll(&mut pfd, 1, -1) };
+    }
+}
+
+/// Boots the VM with default options (seccomp on, no API) and blocks until it ends.
+pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
+    run_with(cfg, RunOptions::default())
+}
+
+/// Boots the VM and blocks until it ends; every thread it started is joined before it
+/// returns.
+pub fn run_with(mut cfg: VmConfig, opts: RunOptions) -> Result<ExitStatus, VmError> {
+    let filters = if opts.seccomp {
+        Some(Filters::build()?)
+    } else {
+        None
+    };
+    if let Some(kind) = opts.seccomp_selftest {
+        seccomp::set_selftest(kind);
+    }
+    let listener = match &opts.api_socket {
+        Some(path) => Some(api::bind(path).map_err(|source| VmError::Api {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let mem = memory::create(cfg.memory)?;
+    let kvm = Arc::new(KvmVm::create()?);
+    kvm.register_memory(&mem, cfg.dirty_log)?;
+    regs::write_boot_tables(&mem)?;
+    let entry = boot::load_smp(&mem, &cfg.boot, cfg.cpus)?;
+    let pci = build_pci(&cfg, &mem, &kvm)?;
+    let exit = ExitSignal::new().map_err(|e| VmError::Device(format!("exit eventfd: {e}")))?;
+    let legacy = build_buses(&mut cfg, &kvm, &exit, &pci)?;
+    let starts = create_vcpus(&cfg, &kvm, entry)?;
+
+    if let Some(f) = &filters {
+        // Workers start later, from vCPU threads (DRIVER_OK).
+        seccomp::set_worker_filter(f.get(ThreadKind::Worker).clone());
+    }
+    let vcpu_filter = filters.as_ref().map(|f| f.get(ThreadKind::Vcpu).clone());
+    let vcpus = Arc::new(
+        Vcpus::start(
+            starts,
+            legacy.buses.clone(),
+            exit.clone(),
+            move |_| match &vcpu_filter {
+                Some(f) => seccomp::install(ThreadKind::Vcpu, f).map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+        )
+        .map_err(VmError::Thread)?,
+    );
+    let mut devices = legacy.devices;
+    devices.extend(pci.devices.iter().cloned());
+    let handle = VmHandle {
+        exit: exit.clone(),
+        vcpus: vcpus.clone(),
+        acpi: legacy.acpi.clone(),
+        info: VmInfo {
+            vcpus: cfg.cpus,
+            memory_bytes: cfg.memory,
+            boot_entry: match entry {
+                Entry::Linux64 { .. } => "linux64",
+                Entry::Pvh { .. } => "pvh",
+            },
+            devices,
+        },
+        counters: pci.counters.clone(),
+        started: Instant::now(),
+    };
+    let api = match listener {
+        Some(socket) => {
+            let f = filters.as_ref().map(|f| f.get(ThreadKind::Api).clone());
+            match ApiServer::start(socket, handle, f) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    exit.request(1, format!("cannot start the API thread: {e}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(f) = &filters {
+        if let Err(e) = seccomp::install(ThreadKind::Main, f.get(ThreadKind::Main)) {
+            exit.request(1, e.to_string());
         }
     }
-    // Keep `mem` and `kvm` alive until here: vCPU threads may still be inside KVM_RUN; the
-    // process exits right after, so they are not joined.
-    let status = exit.status().unwrap_or(ExitStatus {
-        code: 1,
-        reason: "no exit status".into(),
-    });
-    drop(threads);
+    seccomp::selftest_point(ThreadKind::Main);
+
+    let status = wait_for_exit(&exit);
+    teardown(api, &vcpus, legacy.buses, pci);
+    drop(kvm);
+    drop(mem);
+    Ok(status)
+}
+
+/// Stops the API, then the vCPUs, then the device workers; flushes the disk images.
+fn teardown(api: Option<ApiServer>, vcpus: &Vcpus, buses: Buses, pci: Pci) {
+    if let Some(mut a) = api {
+        a.stop();
+    }
+    let fds = vcpus.stop_and_join();
+    drop(fds);
+    drop(buses);
     for image in &pci.images {
         if let Err(e) = image.flush() {
             eprintln!("paddock-vmm: flushing a disk at exit: {e}");
         }
     }
-    std::mem::forget(pci);
-    std::mem::forget(kvm);
-    std::mem::forget(mem);
-    Ok(status)
+    // Dropping the root drops the virtio devices, which stop and join their workers.
+    drop(pci);
 }

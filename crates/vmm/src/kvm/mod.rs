@@ -138,6 +138,104 @@ impl KvmVm {
     pub fn create_vcpu(&self, id: u64) -> Result<VcpuFd, KvmError> {
         ioctl("KVM_CREATE_VCPU", self.vm.create_vcpu(id))
     }
+
+    /// A handle that makes vCPU `fd` leave `KVM_RUN` from any thread (see [`VcpuKick`]).
+    pub fn vcpu_kick(&self, fd: &VcpuFd) -> Result<VcpuKick, KvmError> {
+        VcpuKick::new(fd, self.vm.run_size())
+    }
+}
+
+/// A second, independent mapping of one vCPU's shared `kvm_run` page, through which another
+/// thread sets `immediate_exit`: a `KVM_RUN` that is about to start then returns `EINTR` at
+/// once, and a signal delivered to the vCPU thread ends one that is already running. The
+/// mapping is owned here, so it stays valid whatever happens to the vCPU's own handle.
+pub struct VcpuKick {
+    run: std::ptr::NonNull<kvm_bindings::kvm_run>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory owned by this struct; the only access is a volatile
+// byte store to `immediate_exit`, which KVM and the vCPU thread read as plain memory.
+unsafe impl Send for VcpuKick {}
+// SAFETY: as for `Send`: concurrent byte stores to the same field are benign.
+unsafe impl Sync for VcpuKick {}
+
+impl VcpuKick {
+    fn new(fd: &VcpuFd, len: usize) -> Result<Self, KvmError> {
+        use std::os::fd::AsRawFd;
+        if len < std::mem::size_of::<kvm_bindings::kvm_run>() {
+            return Err(KvmError::Ioctl {
+                what: "kvm_run mapping size",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
+        }
+        // SAFETY: maps `len` bytes of the vCPU fd at offset 0, which is how KVM exposes the
+        // `kvm_run` page; the result is checked, and unmapped only in `Drop`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(KvmError::Ioctl {
+                what: "mmap of kvm_run",
+                source: kvm_ioctls::Error::last(),
+            });
+        }
+        let run = std::ptr::NonNull::new(p.cast()).ok_or(KvmError::Ioctl {
+            what: "mmap of kvm_run",
+            source: kvm_ioctls::Error::new(libc::ENOMEM),
+        })?;
+        Ok(VcpuKick { run, len })
+    }
+
+    /// Sets `immediate_exit`: the vCPU's next (or current, once signalled) `KVM_RUN` returns
+    /// `EINTR`. The vCPU thread clears it with [`clear_immediate_exit`].
+    pub fn set_immediate_exit(&self) {
+        // SAFETY: `run` points at the live `kvm_run` mapping owned by `self`; the field is a
+        // plain byte that KVM reads on entry.
+        unsafe {
+            std::ptr::addr_of_mut!((*self.run.as_ptr()).immediate_exit).write_volatile(1);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for VcpuKick {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing else references.
+        unsafe {
+            libc::munmap(self.run.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Clears `immediate_exit` on the vCPU's own mapping (its thread calls this after a kick,
+/// before it looks at why it was kicked).
+pub fn clear_immediate_exit(fd: &mut VcpuFd) {
+    fd.set_kvm_immediate_exit(0);
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Request numbers of the KVM ioctls the seccomp filters allow after start-up (the filters
+/// compare `ioctl`'s second argument with these).
+pub mod ioctl_numbers {
+    #![allow(non_snake_case, missing_docs)]
+    use kvm_bindings::{kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+    const KVMIO: u32 = 0xAE;
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+    ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 }
 
 pub use kvm_ioctls::VcpuExit;

@@ -79,6 +79,10 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
+                if let Err(e) = crate::seccomp::enter_worker_thread() {
+                    eprintln!("paddock-vmm: {name}: {e}");
+                    return;
+                }
                 let mut events = vec![EpollEvent::default(); queues.len() + 1];
                 let mut broken = false;
                 loop {
