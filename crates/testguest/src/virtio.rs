@@ -308,6 +308,55 @@ impl Device {
         Ok(len)
     }
 
+    /// Submits several chains at once (one notification) and polls until the device has used
+    /// all of them: queue depth greater than one. Each chain's descriptors are laid out one
+    /// after another in the table.
+    pub fn submit_batch(&mut self, chains: &[&[(u64, u32, u16)]]) -> Result<(), &'static str> {
+        let total: usize = chains.iter().map(|c| c.len()).sum();
+        if chains.is_empty() || total > QSIZE || chains.iter().any(|c| c.is_empty()) {
+            return Err("bad batch");
+        }
+        let q = self.queue;
+        let mut d = 0usize;
+        // SAFETY: as in `submit`.
+        unsafe {
+            for chain in chains {
+                let head = d;
+                for (i, &(addr, len, flags)) in chain.iter().enumerate() {
+                    let next = if i + 1 < chain.len() { F_NEXT } else { 0 };
+                    write_volatile(
+                        core::ptr::addr_of_mut!((*q).desc[d]),
+                        Desc { addr, len, flags: flags | next, next: d as u16 + 1 },
+                    );
+                    d += 1;
+                }
+                let slot = self.next_avail as usize % QSIZE;
+                write_volatile(core::ptr::addr_of_mut!((*q).avail_ring[slot]), head as u16);
+                self.next_avail = self.next_avail.wrapping_add(1);
+            }
+            fence(Ordering::SeqCst);
+            write_volatile(core::ptr::addr_of_mut!((*q).avail_idx), self.next_avail);
+            fence(Ordering::SeqCst);
+        }
+        w16(self.notify, 0);
+        let want = self.last_used.wrapping_add(chains.len() as u16);
+        let mut spins = 0u64;
+        // SAFETY: as above.
+        while unsafe { read_volatile(core::ptr::addr_of!((*q).used_idx)) } != want {
+            spins += 1;
+            if spins > 2_000_000_000 {
+                return Err("device never used the batch");
+            }
+            if spins % 1_000_000 == 0 && self.status() & NEEDS_RESET != 0 {
+                return Err("device needs reset");
+            }
+            core::hint::spin_loop();
+        }
+        fence(Ordering::SeqCst);
+        self.last_used = want;
+        Ok(())
+    }
+
     /// Makes a chain whose only descriptor points back at itself available, notifies, and
     /// polls the status until the device reports DEVICE_NEEDS_RESET.
     pub fn submit_looping_chain(&mut self, buf: u64) -> Result<(), &'static str> {

@@ -3,7 +3,7 @@
 //! `BENCH done bytes=N` so the host can time the run from the serial output.
 //!
 //! Parameters: `blkbench.rand=1` (random 4 KiB reads; default sequential), `blkbench.mib=N`
-//! (bytes to read, default 256 MiB).
+//! (bytes to read, default 256 MiB), `blkbench.qd=N` (requests in flight, 1 to 4, default 4).
 #![no_std]
 #![no_main]
 
@@ -14,36 +14,45 @@ entry!(main);
 
 const T_IN: u32 = 0;
 const SEQ_REQ: usize = 128 * 1024;
+/// Most requests in flight: three descriptors each must fit the 16-entry queue.
+const MAX_QD: usize = 4;
 
 static mut QUEUE: QueueMem = QueueMem::new();
 
 #[repr(C, align(4096))]
 struct Buffers {
-    header: [u8; 16],
-    status: u8,
-    data: [u8; SEQ_REQ],
+    data: [[u8; SEQ_REQ]; MAX_QD],
+    header: [[u8; 16]; MAX_QD],
+    status: [u8; MAX_QD],
 }
 
-static mut BUF: Buffers = Buffers { header: [0; 16], status: 0, data: [0; SEQ_REQ] };
+static mut BUF: Buffers = Buffers { data: [[0; SEQ_REQ]; MAX_QD], header: [[0; 16]; MAX_QD], status: [0; MAX_QD] };
 
-fn read(dev: &mut Device, sector: u64, len: usize) -> Result<(), &'static str> {
-    // SAFETY: single-threaded guest; the device touches these buffers only inside `submit`.
+/// Reads `len` bytes at each of `sectors`, all in flight at once.
+fn read_batch(dev: &mut Device, sectors: &[u64], len: usize) -> Result<(), &'static str> {
+    // SAFETY: single-threaded guest; the device touches these buffers only inside the submit.
     let b = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
-    b.header[..4].copy_from_slice(&T_IN.to_le_bytes());
-    b.header[4..8].fill(0);
-    b.header[8..].copy_from_slice(&sector.to_le_bytes());
-    b.status = 0xff;
-    let chain = [
-        (b.header.as_ptr() as u64, 16, 0),
-        (b.data.as_ptr() as u64, len as u32, F_WRITE),
-        (core::ptr::addr_of!(b.status) as u64, 1, F_WRITE),
-    ];
-    dev.submit(&chain)?;
-    // SAFETY: the request completed.
-    match unsafe { core::ptr::read_volatile(core::ptr::addr_of!(b.status)) } {
-        0 => Ok(()),
-        _ => Err("read failed"),
+    let mut chains = [[(0u64, 0u32, 0u16); 3]; MAX_QD];
+    for (k, &sector) in sectors.iter().enumerate() {
+        b.header[k][..4].copy_from_slice(&T_IN.to_le_bytes());
+        b.header[k][4..8].fill(0);
+        b.header[k][8..].copy_from_slice(&sector.to_le_bytes());
+        b.status[k] = 0xff;
+        chains[k] = [
+            (b.header[k].as_ptr() as u64, 16, 0),
+            (b.data[k].as_ptr() as u64, len as u32, F_WRITE),
+            (core::ptr::addr_of!(b.status[k]) as u64, 1, F_WRITE),
+        ];
     }
+    let refs: [&[(u64, u32, u16)]; MAX_QD] = [&chains[0], &chains[1], &chains[2], &chains[3]];
+    dev.submit_batch(&refs[..sectors.len()])?;
+    for k in 0..sectors.len() {
+        // SAFETY: the requests completed.
+        if unsafe { core::ptr::read_volatile(core::ptr::addr_of!(b.status[k])) } != 0 {
+            return Err("read failed");
+        }
+    }
+    Ok(())
 }
 
 fn main(boot: &BootInfo) -> u32 {
@@ -68,18 +77,25 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
     let total = (mib << 20).min(capacity * 512);
     let req = if random { 4096 } else { SEQ_REQ };
     let count = total / req as u64;
+    let qd = (virtio::param_u64(cmd, "blkbench.qd").unwrap_or(MAX_QD as u64) as usize).clamp(1, MAX_QD) as u64;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
-    println!("BENCH start mode={} bytes={}", if random { "rand" } else { "seq" }, count * req as u64);
-    for i in 0..count {
-        let sector = if random {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % (capacity / 8)) * 8
-        } else {
-            i * (req as u64 / 512)
-        };
-        read(&mut dev, sector, req)?;
+    println!("BENCH start mode={} qd={qd} bytes={}", if random { "rand" } else { "seq" }, count * req as u64);
+    let mut i = 0;
+    while i < count {
+        let n = qd.min(count - i);
+        let mut sectors = [0u64; MAX_QD];
+        for (k, s) in sectors.iter_mut().take(n as usize).enumerate() {
+            *s = if random {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % (capacity / 8)) * 8
+            } else {
+                (i + k as u64) * (req as u64 / 512)
+            };
+        }
+        read_batch(&mut dev, &sectors[..n as usize], req)?;
+        i += n;
     }
     println!("BENCH done bytes={}", count * req as u64);
     Ok(())
