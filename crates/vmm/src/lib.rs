@@ -11,6 +11,7 @@ pub mod devices;
 pub mod exit;
 pub mod kvm;
 pub mod memory;
+pub mod net;
 pub mod pci;
 pub mod vcpu;
 pub mod vm;

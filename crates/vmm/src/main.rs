@@ -5,7 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use paddock_vmm::boot::{BootConfig, EntryChoice};
+use paddock_vmm::devices::legacy::serial::SerialConfig;
 use paddock_vmm::devices::virtio::block::DiskConfig;
+use paddock_vmm::devices::virtio::console::ConsoleConfig;
+use paddock_vmm::devices::virtio::net::NetConfig;
+use paddock_vmm::devices::virtio::vsock::VsockConfig;
+use paddock_vmm::net::HostDevices;
 use paddock_vmm::vm::{self, VmConfig};
 
 /// Boots a VM on KVM: Linux direct boot (bzImage or ELF, 64-bit or PVH entry).
@@ -27,9 +32,10 @@ struct Args {
     /// Guest memory (K, M, G suffixes).
     #[arg(long, default_value = "512M", value_parser = parse_memory)]
     memory: u64,
-    /// Serial console: stdio, off, or file=PATH.
-    #[arg(long, default_value = "stdio")]
-    serial: String,
+    /// Serial console (COM1): stdio, off, file=PATH, socket=PATH[,wait=on] (the VMM listens;
+    /// one client at a time) or pty (its path is printed on stderr).
+    #[arg(long, default_value = "stdio", value_parser = SerialConfig::parse)]
+    serial: SerialConfig,
     /// Entry point: auto (PVH when the ELF has the note), linux64 or pvh.
     #[arg(long, default_value = "auto", value_parser = ["auto", "linux64", "pvh"])]
     boot_entry: String,
@@ -44,6 +50,15 @@ struct Args {
     /// Add a virtio-rng device (after the disks).
     #[arg(long)]
     rng: bool,
+    /// A virtio-net device on a TAP interface (repeatable): tap=NAME[,mac=52:54:00:xx:xx:xx].
+    #[arg(long = "net", value_name = "OPTIONS", value_parser = NetConfig::parse)]
+    nets: Vec<NetConfig>,
+    /// A virtio-vsock device: cid=N,socket=PATH (guest connections to port P go to PATH_P).
+    #[arg(long, value_name = "OPTIONS", value_parser = VsockConfig::parse)]
+    vsock: Option<VsockConfig>,
+    /// A virtio console: file=PATH, stdio or off.
+    #[arg(long, default_value = "off", value_parser = ConsoleConfig::parse)]
+    console: ConsoleConfig,
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -70,24 +85,10 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let serial_out: Box<dyn std::io::Write + Send> = match args.serial.as_str() {
-        "stdio" => Box::new(std::io::stdout()),
-        "off" => Box::new(std::io::sink()),
-        s if s.starts_with("file=") => {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&s[5..])
-            {
-                Ok(f) => Box::new(f),
-                Err(e) => {
-                    eprintln!("paddock-vmm: --serial {s}: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        other => {
-            eprintln!("paddock-vmm: --serial '{other}': use stdio, off or file=PATH");
+    let (serial_out, serial_in) = match args.serial.open() {
+        Ok(io) => io,
+        Err(e) => {
+            eprintln!("paddock-vmm: --serial: {e}");
             return ExitCode::from(2);
         }
     };
@@ -110,6 +111,12 @@ fn main() -> ExitCode {
         dirty_log: false,
         disks: args.disks,
         rng: args.rng,
+        host: HostDevices {
+            nets: args.nets,
+            vsock: args.vsock,
+            console: args.console,
+        },
+        serial_in,
     };
     match vm::run(cfg) {
         Ok(status) => {

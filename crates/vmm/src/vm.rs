@@ -41,6 +41,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Add a virtio-rng device after the disks.
     pub rng: bool,
+    /// NICs, vsock and console, after the rng.
+    pub host: crate::net::HostDevices,
+    /// The host side of COM1's input (socket or pty), if any.
+    pub serial_in: Option<serial::SerialInput>,
 }
 
 /// The PCI bus of a VM, the images its disks opened (flushed when the VM ends) and their
@@ -69,6 +73,7 @@ fn build_pci(cfg: &VmConfig, mem: &GuestMem, kvm: &Arc<KvmVm>) -> Result<Pci, Vm
     if cfg.rng {
         devices.push(Box::new(Rng));
     }
+    let _nic_counters = cfg.host.build(&mut devices).map_err(VmError::Device)?;
     for dev in devices {
         let name = dev.name().to_string();
         let pci = VirtioPciDevice::new(dev, mem.clone(), backend.clone())
@@ -118,6 +123,11 @@ pub fn run(cfg: VmConfig) -> Result<ExitStatus, VmError> {
         .map_err(|e| VmError::Device(format!("serial irq: {e}")))?;
     kvm.register_irqfd(&irq, serial::COM1_IRQ)?;
     let com1 = Arc::new(Mutex::new(serial::SerialDevice::new(irq, cfg.serial_out)));
+    if let Some(input) = cfg.serial_in {
+        input
+            .start(com1.clone())
+            .map_err(|e| VmError::Device(format!("serial input: {e}")))?;
+    }
     let dev = |e: crate::bus::BusError| VmError::Device(e.to_string());
     pio.insert(com1, serial::COM1, 8).map_err(dev)?;
     pio.insert(
