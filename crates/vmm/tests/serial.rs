@@ -42,9 +42,17 @@ fn stderr_line(stderr: &mut BufReader<ChildStderr>, marker: &str) -> String {
 fn read_until(r: &mut impl Read, text: &str) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&got).replace('\r', "").contains(text) {
+    while !String::from_utf8_lossy(&got)
+        .replace('\r', "")
+        .contains(text)
+    {
         let n = r.read(&mut buf).unwrap();
-        assert_ne!(n, 0, "ended before {text:?}: {}", String::from_utf8_lossy(&got));
+        assert_ne!(
+            n,
+            0,
+            "ended before {text:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&got).replace('\r', "")
@@ -78,7 +86,10 @@ fn a_socket_client_reads_the_hello_guest() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{text}");
     let text = text.replace('\r', "");
-    assert!(text.starts_with("Hello from the Paddock test guest\n"), "{text}");
+    assert!(
+        text.starts_with("Hello from the Paddock test guest\n"),
+        "{text}"
+    );
     assert!(text.contains("ram=63 MiB"), "{text}");
 }
 

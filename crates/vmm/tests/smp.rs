@@ -21,9 +21,15 @@ fn every_vcpu_of_four_comes_up_and_reports() {
     ]);
     let text = out(&o);
     assert_eq!(o.status.code(), Some(0), "{text}{}", err(&o));
-    assert!(text.contains("smp: 4 CPUs in the MP table; CPU 0 up (BSP)"), "{text}");
+    assert!(
+        text.contains("smp: 4 CPUs in the MP table; CPU 0 up (BSP)"),
+        "{text}"
+    );
     for id in 1..4 {
-        assert!(text.contains(&format!("CPU {id} up (AP ")), "CPU {id}: {text}");
+        assert!(
+            text.contains(&format!("CPU {id} up (AP ")),
+            "CPU {id}: {text}"
+        );
     }
     assert!(text.contains("SMP PASS: 4 CPUs up"), "{text}");
 }

@@ -165,7 +165,9 @@ fn net_guest_exchanges_frames_with_the_host_through_a_tap() {
     let host = std::thread::spawn(move || -> Result<(Vec<u8>, Vec<u8>), String> {
         let s = PacketSocket::open_in(&name, TAP).map_err(|e| format!("packet socket: {e}"))?;
         ready_tx.send(()).unwrap();
-        let ping = s.recv().map_err(|e| format!("no frame from the guest: {e}"))?;
+        let ping = s
+            .recv()
+            .map_err(|e| format!("no frame from the guest: {e}"))?;
         let mut pong = Vec::new();
         pong.extend_from_slice(&ping[6..12]);
         pong.extend_from_slice(&HOST_MAC);
@@ -188,19 +190,29 @@ fn net_guest_exchanges_frames_with_the_host_through_a_tap() {
         .output()
         .expect("run paddock-vmm in the namespace");
     let text = out(&o);
-    let (ping, _) = host.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{text}{}", err(&o)));
+    let (ping, _) = host
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{text}{}", err(&o)));
     assert_eq!(o.status.code(), Some(0), "{text}{}", err(&o));
     assert_eq!(&ping[0..6], &[0xff; 6], "broadcast");
     assert_eq!(&ping[6..12], &GUEST_MAC, "from the guest's MAC");
     assert_eq!(&ping[14..32], b"PADDOCK-PING seq=1");
     assert!(text.contains(&format!("mac={mac} link=1")), "{text}");
-    assert!(text.contains("net: got reply 'PADDOCK-PONG from the host' num_buffers=1"), "{text}");
+    assert!(
+        text.contains("net: got reply 'PADDOCK-PONG from the host' num_buffers=1"),
+        "{text}"
+    );
     assert!(text.contains("net ok"), "{text}");
 }
 
 #[test]
 fn bad_net_options_exit_2_and_name_the_option() {
-    for bad in ["tap=bad/name", "mac=52:54:00:00:00:01", "tap=t,mac=01:00:00:00:00:01"] {
+    for bad in [
+        "tap=bad/name",
+        "mac=52:54:00:00:00:01",
+        "tap=t,mac=01:00:00:00:00:01",
+    ] {
         let o = vmm(&["--kernel", "/nonexistent", "--net", bad]);
         assert_eq!(o.status.code(), Some(2), "{bad}");
         assert!(err(&o).contains("--net"), "{bad}: {}", err(&o));

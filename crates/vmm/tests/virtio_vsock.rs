@@ -63,10 +63,15 @@ fn vsock_guest_streams_both_ways_through_unix_sockets() {
     assert!(text.contains("vsock: echo ok (27 bytes)"), "{text}");
     assert!(text.contains("vsock: closed"), "{text}");
     assert!(
-        text.contains(&format!("vsock: accepted host port {host_port} on port 5001")),
+        text.contains(&format!(
+            "vsock: accepted host port {host_port} on port 5001"
+        )),
         "{text}"
     );
-    assert!(text.contains("vsock: echoed 19 bytes to the host"), "{text}");
+    assert!(
+        text.contains("vsock: echoed 19 bytes to the host"),
+        "{text}"
+    );
     assert!(text.contains("vsock ok"), "{text}");
 }
 

@@ -144,10 +144,7 @@ mod tests {
     #[test]
     fn names_are_checked_before_any_ioctl() {
         for bad in ["", "a/b", "sixteen-chars-xx", "with space", "x:y"] {
-            assert!(
-                matches!(Tap::open(bad), Err(TapError::Name(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(Tap::open(bad), Err(TapError::Name(_))), "{bad:?}");
         }
         assert!(valid_name("tap0"));
         assert!(valid_name("fifteen-chars-x"));

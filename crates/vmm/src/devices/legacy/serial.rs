@@ -435,7 +435,10 @@ impl SerialInput {
             .name("serial-in".into())
             .spawn(move || match self.0 {
                 Source::Socket { listener, client } => loop {
-                    let current = lock(&client).stream.as_ref().and_then(|s| s.try_clone().ok());
+                    let current = lock(&client)
+                        .stream
+                        .as_ref()
+                        .and_then(|s| s.try_clone().ok());
                     let stream = match current {
                         Some(s) => s,
                         None => match listener.accept() {

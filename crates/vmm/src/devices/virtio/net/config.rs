@@ -16,11 +16,15 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let mut mac = [0u8; 6];
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
-        return Err(format!("mac '{s}' is not six hex bytes like 52:54:00:12:34:56"));
+        return Err(format!(
+            "mac '{s}' is not six hex bytes like 52:54:00:12:34:56"
+        ));
     }
     for (b, p) in mac.iter_mut().zip(&parts) {
         if p.len() != 2 {
-            return Err(format!("mac '{s}' is not six hex bytes like 52:54:00:12:34:56"));
+            return Err(format!(
+                "mac '{s}' is not six hex bytes like 52:54:00:12:34:56"
+            ));
         }
         *b = u8::from_str_radix(p, 16).map_err(|_| format!("mac '{s}': '{p}' is not hex"))?;
     }

@@ -66,7 +66,13 @@ pub struct Conn {
 
 impl Conn {
     /// A connection on `stream`.
-    pub fn new(stream: UnixStream, token: u64, host_port: u32, guest_port: u32, state: State) -> Conn {
+    pub fn new(
+        stream: UnixStream,
+        token: u64,
+        host_port: u32,
+        guest_port: u32,
+        state: State,
+    ) -> Conn {
         Conn {
             stream,
             token,

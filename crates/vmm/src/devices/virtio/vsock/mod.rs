@@ -48,7 +48,9 @@ impl VsockConfig {
         for kv in s.split(',') {
             match kv.split_once('=') {
                 Some(("cid", v)) => {
-                    let c: u64 = v.parse().map_err(|_| format!("cid '{v}' is not a number"))?;
+                    let c: u64 = v
+                        .parse()
+                        .map_err(|_| format!("cid '{v}' is not a number"))?;
                     if !(3..u64::from(u32::MAX)).contains(&c) {
                         return Err(format!("cid {c}: 0 to 2 and 2^32-1 are reserved"));
                     }

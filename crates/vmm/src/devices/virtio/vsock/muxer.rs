@@ -106,10 +106,11 @@ impl VsockHandler {
         let token = self.next_token;
         self.next_token += 1;
         let ev = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        match self
-            .epoll
-            .ctl(ControlOperation::Add, stream.as_raw_fd(), EpollEvent::new(ev, token))
-        {
+        match self.epoll.ctl(
+            ControlOperation::Add,
+            stream.as_raw_fd(),
+            EpollEvent::new(ev, token),
+        ) {
             Ok(()) => Some(token),
             Err(e) => {
                 eprintln!("paddock-vmm: virtio-vsock: epoll: {e}");
@@ -169,7 +170,7 @@ impl VsockHandler {
     }
 
     /// Handles one packet from the guest.
-    fn from_guest(&mut self, h: Header, data: &[u8]) {
+    fn handle_guest_packet(&mut self, h: Header, data: &[u8]) {
         if h.src_cid != self.cid || h.dst_cid != HOST_CID {
             eprintln!(
                 "paddock-vmm: virtio-vsock: dropping a packet from CID {} to CID {}",
@@ -250,7 +251,7 @@ impl VsockHandler {
             let n = h.len as usize;
             let mut data = std::mem::take(&mut self.buf);
             out.read(mem, HDR_LEN as u64, &mut data[..n])?;
-            self.from_guest(h, &data[..n]);
+            self.handle_guest_packet(h, &data[..n]);
             self.buf = data;
             txq.add_used(mem, chain.head, 0)?;
             used = true;
@@ -376,7 +377,9 @@ impl VsockHandler {
             match hs.stream.read(&mut b) {
                 Ok(1) if b[0] == b'\n' => {
                     let line = String::from_utf8_lossy(&hs.line).to_string();
-                    break line.strip_prefix("CONNECT ").and_then(|p| p.trim().parse::<u32>().ok());
+                    break line
+                        .strip_prefix("CONNECT ")
+                        .and_then(|p| p.trim().parse::<u32>().ok());
                 }
                 Ok(1) if hs.line.len() < MAX_LINE => hs.line.push(b[0]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

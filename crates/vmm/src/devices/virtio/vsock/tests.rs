@@ -198,15 +198,16 @@ fn the_guests_credit_limits_what_it_is_sent() {
 
 #[test]
 fn malformed_transmit_chains_are_errors() {
-    let cases: Vec<Vec<(u64, u32, bool)>> = vec![
-        vec![(0x20_0000, 64, true)],
-        vec![(0x20_0000, 20, false)],
-    ];
+    let cases: Vec<Vec<(u64, u32, bool)>> =
+        vec![vec![(0x20_0000, 64, true)], vec![(0x20_0000, 20, false)]];
     for bufs in cases {
         let mut r = rig();
         r.tx.push_chain(&bufs);
         assert!(
-            matches!(r.h.process(TX, &mut r.txq, &r.tx.mem), Err(ChainError::Request(_))),
+            matches!(
+                r.h.process(TX, &mut r.txq, &r.tx.mem),
+                Err(ChainError::Request(_))
+            ),
             "{bufs:?}"
         );
     }
@@ -227,7 +228,13 @@ fn malformed_transmit_chains_are_errors() {
 fn config_and_options() {
     let c = VsockConfig::parse("cid=3,socket=/tmp/v.sock").unwrap();
     assert_eq!((c.cid, c.socket.to_str().unwrap()), (3, "/tmp/v.sock"));
-    for bad in ["cid=2,socket=/x", "cid=3", "socket=/x", "cid=x,socket=/y", "cid=3,socket=/x,a=b"] {
+    for bad in [
+        "cid=2,socket=/x",
+        "cid=3",
+        "socket=/x",
+        "cid=x,socket=/y",
+        "cid=3,socket=/x,a=b",
+    ] {
         assert!(VsockConfig::parse(bad).is_err(), "{bad}");
     }
     let r = rig();
@@ -244,6 +251,10 @@ fn config_and_options() {
     // A path that is not a socket is never replaced.
     let file = r.path.with_extension("file");
     std::fs::write(&file, b"keep").unwrap();
-    assert!(Vsock::open(&VsockConfig { cid: 3, socket: file.clone() }).is_err());
+    assert!(Vsock::open(&VsockConfig {
+        cid: 3,
+        socket: file.clone()
+    })
+    .is_err());
     assert_eq!(std::fs::read(&file).unwrap(), b"keep");
 }
