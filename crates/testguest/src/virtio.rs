@@ -385,3 +385,112 @@ impl Device {
         r8(self.isr)
     }
 }
+
+/// A queue set up with [`Device::setup_queue`], for devices with several queues: chains are
+/// made available without waiting, and used elements are polled for.
+pub struct Vq {
+    q: *mut QueueMem,
+    notify: u64,
+    index: u16,
+    next_avail: u16,
+    last_used: u16,
+}
+
+impl Device {
+    /// Sets up queue `index` in `mem` (after [`Device::negotiate`], before
+    /// [`Device::driver_ok`]).
+    pub fn setup_queue(&self, index: u16, mem: *mut QueueMem) -> Result<Vq, &'static str> {
+        // SAFETY: the queue memory is the guest's own static, idle until the queue is enabled.
+        unsafe { write_volatile(mem, QueueMem::new()) };
+        let c = self.common;
+        w16(c + 0x16, index);
+        let max = r16(c + 0x18);
+        if (max as usize) < QSIZE {
+            return Err("a queue is smaller than the driver's");
+        }
+        w16(c + 0x18, QSIZE as u16);
+        // SAFETY: only addresses are taken.
+        let (desc, avail, used) = unsafe {
+            (
+                core::ptr::addr_of!((*mem).desc) as u64,
+                core::ptr::addr_of!((*mem).avail_flags) as u64,
+                core::ptr::addr_of!((*mem).used_flags) as u64,
+            )
+        };
+        for (off, v) in [(0x20, desc), (0x28, avail), (0x30, used)] {
+            w32(c + off, v as u32);
+            w32(c + off + 4, (v >> 32) as u32);
+        }
+        let notify_off = r16(c + 0x1e) as u64;
+        w16(c + 0x1c, 1);
+        Ok(Vq { q: mem, notify: self.notify + notify_off * self.notify_mul as u64, index, next_avail: 0, last_used: 0 })
+    }
+
+    /// Sets DRIVER_OK once the queues are set up.
+    pub fn driver_ok(&self) -> Result<(), &'static str> {
+        self.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        if self.status() & NEEDS_RESET != 0 {
+            return Err("device needs reset after DRIVER_OK");
+        }
+        Ok(())
+    }
+
+    /// Reads byte `off` of the device configuration.
+    pub fn config8(&self, off: u64) -> u8 {
+        r8(self.device_cfg + off)
+    }
+}
+
+impl Vq {
+    /// Writes a chain of `(addr, len, flags)` into descriptors `first..first + bufs.len()`
+    /// (the caller keeps chains in flight apart), makes it available and notifies.
+    pub fn post(&mut self, first: u16, bufs: &[(u64, u32, u16)]) {
+        let q = self.q;
+        // SAFETY: the queue memory is the guest's own static; the device reads descriptors and
+        // the avail ring only after the index below publishes them.
+        unsafe {
+            for (i, &(addr, len, flags)) in bufs.iter().enumerate() {
+                let idx = (first as usize + i) % QSIZE;
+                let next = if i + 1 < bufs.len() { F_NEXT } else { 0 };
+                write_volatile(
+                    core::ptr::addr_of_mut!((*q).desc[idx]),
+                    Desc { addr, len, flags: flags | next, next: ((idx + 1) % QSIZE) as u16 },
+                );
+            }
+            let slot = self.next_avail as usize % QSIZE;
+            write_volatile(core::ptr::addr_of_mut!((*q).avail_ring[slot]), first);
+            fence(Ordering::SeqCst);
+            self.next_avail = self.next_avail.wrapping_add(1);
+            write_volatile(core::ptr::addr_of_mut!((*q).avail_idx), self.next_avail);
+            fence(Ordering::SeqCst);
+        }
+        w16(self.notify, self.index);
+    }
+
+    /// The next used element `(head, len)`, if the device returned one.
+    pub fn poll(&mut self) -> Option<(u32, u32)> {
+        let q = self.q;
+        // SAFETY: volatile reads of the used ring the device writes.
+        let idx = unsafe { read_volatile(core::ptr::addr_of!((*q).used_idx)) };
+        if idx == self.last_used {
+            return None;
+        }
+        fence(Ordering::SeqCst);
+        let slot = self.last_used as usize % QSIZE;
+        // SAFETY: as above.
+        let e = unsafe { read_volatile(core::ptr::addr_of!((*q).used_ring[slot])) };
+        self.last_used = self.last_used.wrapping_add(1);
+        Some(e)
+    }
+
+    /// Polls for the next used element, giving up after `spins` tries.
+    pub fn wait(&mut self, spins: u64) -> Result<(u32, u32), &'static str> {
+        for _ in 0..spins {
+            if let Some(e) = self.poll() {
+                return Ok(e);
+            }
+            core::hint::spin_loop();
+        }
+        Err("the device never used a buffer")
+    }
+}

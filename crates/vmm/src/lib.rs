@@ -13,6 +13,7 @@ pub mod devices;
 pub mod exit;
 pub mod kvm;
 pub mod memory;
+pub mod net;
 pub mod pci;
 pub mod seccomp;
 pub mod vcpu;

@@ -4,9 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use paddock_vmm::api::spec::{self, SerialTarget, VmDescription};
+use paddock_vmm::api::spec::{self, VmDescription};
 use paddock_vmm::boot::{BootConfig, EntryChoice};
+use paddock_vmm::devices::legacy::serial::SerialConfig;
 use paddock_vmm::devices::virtio::block::DiskConfig;
+use paddock_vmm::devices::virtio::console::ConsoleConfig;
+use paddock_vmm::devices::virtio::net::NetConfig;
+use paddock_vmm::devices::virtio::vsock::VsockConfig;
+use paddock_vmm::net::HostDevices;
 use paddock_vmm::seccomp::ThreadKind;
 use paddock_vmm::vm::{self, RunOptions, VmConfig};
 
@@ -35,9 +40,10 @@ struct Args {
     /// Guest memory (K, M, G suffixes).
     #[arg(long, default_value = "512M", value_parser = parse_memory)]
     memory: u64,
-    /// Serial console: stdio, off, or file=PATH.
-    #[arg(long, default_value = "stdio")]
-    serial: String,
+    /// Serial console (COM1): stdio, off, file=PATH, socket=PATH[,wait=on] (the VMM listens;
+    /// one client at a time) or pty (its path is printed on stderr).
+    #[arg(long, default_value = "stdio", value_parser = SerialConfig::parse)]
+    serial: SerialConfig,
     /// Entry point: auto (PVH when the ELF has the note), linux64 or pvh.
     #[arg(long, default_value = "auto", value_parser = ["auto", "linux64", "pvh"])]
     boot_entry: String,
@@ -64,10 +70,19 @@ struct Args {
     /// filter forbids, which must kill the process.
     #[arg(long, hide = true, value_parser = ThreadKind::parse)]
     seccomp_selftest: Option<ThreadKind>,
+    /// A virtio-net device on a TAP interface (repeatable): tap=NAME[,mac=52:54:00:xx:xx:xx].
+    #[arg(long = "net", value_name = "OPTIONS", value_parser = NetConfig::parse)]
+    nets: Vec<NetConfig>,
+    /// A virtio-vsock device: cid=N,socket=PATH (guest connections to port P go to PATH_P).
+    #[arg(long, value_name = "OPTIONS", value_parser = VsockConfig::parse)]
+    vsock: Option<VsockConfig>,
+    /// A virtio console: file=PATH, stdio or off.
+    #[arg(long, default_value = "off", value_parser = ConsoleConfig::parse)]
+    console: ConsoleConfig,
 }
 
 /// The flags that describe the VM and so conflict with --config.
-const VM_FLAGS: [&str; 9] = [
+const VM_FLAGS: [&str; 11] = [
     "kernel",
     "initramfs",
     "cmdline",
@@ -77,6 +92,8 @@ const VM_FLAGS: [&str; 9] = [
     "boot_entry",
     "disks",
     "rng",
+    "nets",
+    "vsock",
 ];
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -103,12 +120,6 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 
 /// The VM as the flags describe it.
 fn describe_flags(args: &Args) -> Result<VmDescription, String> {
-    let serial = match args.serial.as_str() {
-        "stdio" => SerialTarget::Stdio,
-        "off" => SerialTarget::Off,
-        s if s.starts_with("file=") => SerialTarget::File(PathBuf::from(&s[5..])),
-        other => return Err(format!("--serial '{other}': use stdio, off or file=PATH")),
-    };
     let entry = match args.boot_entry.as_str() {
         "linux64" => EntryChoice::Linux64,
         "pvh" => EntryChoice::Pvh,
@@ -123,22 +134,11 @@ fn describe_flags(args: &Args) -> Result<VmDescription, String> {
         },
         cpus: args.cpus,
         memory: args.memory,
-        serial,
+        serial: args.serial.clone(),
         disks: args.disks.clone(),
         rng: args.rng,
-    })
-}
-
-fn open_serial(target: &SerialTarget) -> std::io::Result<Box<dyn std::io::Write + Send>> {
-    Ok(match target {
-        SerialTarget::Stdio => Box::new(std::io::stdout()),
-        SerialTarget::Off => Box::new(std::io::sink()),
-        SerialTarget::File(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
+        nets: args.nets.clone(),
+        vsock: args.vsock.clone(),
     })
 }
 
@@ -155,15 +155,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let serial_out = match open_serial(&desc.serial) {
-        Ok(out) => out,
+    let (serial_out, serial_in) = match desc.serial.open() {
+        Ok(io) => io,
         Err(e) => {
-            let what = match (&args.config, &desc.serial) {
-                (Some(c), SerialTarget::File(p)) => {
-                    format!("--config {}: serial.path {}", c.display(), p.display())
-                }
-                (_, SerialTarget::File(p)) => format!("--serial file={}", p.display()),
-                _ => "serial console".to_string(),
+            let what = match &args.config {
+                Some(c) => format!("--config {}: serial", c.display()),
+                None => "--serial".to_string(),
             };
             eprintln!("paddock-vmm: {what}: {e}");
             return ExitCode::from(2);
@@ -178,6 +175,12 @@ fn main() -> ExitCode {
         dirty_log: false,
         disks: desc.disks,
         rng: desc.rng,
+        host: HostDevices {
+            nets: desc.nets,
+            vsock: desc.vsock,
+            console: args.console,
+        },
+        serial_in,
     };
     let opts = RunOptions {
         api_socket: args.api_socket,

@@ -46,6 +46,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Add a virtio-rng device after the disks.
     pub rng: bool,
+    /// NICs, vsock and console, after the rng.
+    pub host: crate::net::HostDevices,
+    /// The host side of COM1's input (socket or pty), if any.
+    pub serial_in: Option<serial::SerialInput>,
 }
 
 /// How the VMM process around the VM behaves.
@@ -98,6 +102,11 @@ fn build_pci(cfg: &VmConfig, mem: &GuestMem, kvm: &Arc<KvmVm>) -> Result<Pci, Vm
     }
     if cfg.rng {
         devices.push(("virtio-rng0".into(), Box::new(Rng)));
+    }
+    let mut host_devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let _nic_counters = cfg.host.build(&mut host_devices).map_err(VmError::Device)?;
+    for (i, dev) in host_devices.into_iter().enumerate() {
+        devices.push((format!("virtio-{}{i}", dev.name()), dev));
     }
     let mut infos = vec![DeviceInfo {
         name: "host-bridge".into(),
@@ -188,6 +197,11 @@ fn build_buses(
     kvm.register_irqfd(&irq, serial::COM1_IRQ)?;
     let out = std::mem::replace(&mut cfg.serial_out, Box::new(std::io::sink()));
     let com1 = Arc::new(Mutex::new(serial::SerialDevice::new(irq, out)));
+    if let Some(input) = cfg.serial_in.take() {
+        input
+            .start(com1.clone())
+            .map_err(|e| VmError::Device(format!("serial input: {e}")))?;
+    }
     pio.insert(com1, serial::COM1, 8).map_err(dev)?;
     info("com1", "serial", serial::COM1);
     pio.insert(

@@ -82,9 +82,9 @@ fn bad_or_unsupported_specs_exit_2_naming_the_field() {
         ),
         (
             format!(
-                r#"{{"name":"a","memory":{{"size_mib":64}},{kernel},"nics":[{{"tap":"t0"}}]}}"#
+                r#"{{"name":"a","memory":{{"size_mib":64}},{kernel},"nics":[{{"network":"lan"}}]}}"#
             ),
-            "nics",
+            "nics[0].tap",
         ),
         (
             format!(r#"{{"name":"a","memory":{{"size_mib":64}},{kernel},"accel":"tcg"}}"#),
@@ -92,9 +92,9 @@ fn bad_or_unsupported_specs_exit_2_naming_the_field() {
         ),
         (
             format!(
-                r#"{{"name":"a","memory":{{"size_mib":64}},{kernel},"vsock":{{"cid":3,"socket":"/v"}}}}"#
+                r#"{{"name":"a","memory":{{"size_mib":64}},{kernel},"vsock":{{"cid":2,"socket":"/v"}}}}"#
             ),
-            "vsock",
+            "vsock.cid",
         ),
         (
             format!(r#"{{"name":"a","memory":{{"size_mib":64}},{kernel},"cpus":{{"count":0}}}}"#),

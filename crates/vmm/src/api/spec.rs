@@ -7,18 +7,10 @@ use std::path::{Path, PathBuf};
 use paddock_spec::{Accel, BootSpec, SerialSpec, SpecError, VmSpec};
 
 use crate::boot::{BootConfig, EntryChoice};
+use crate::devices::legacy::serial::SerialConfig;
 use crate::devices::virtio::block::DiskConfig;
-
-/// Where serial output goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SerialTarget {
-    /// The VMM's standard output.
-    Stdio,
-    /// Nowhere.
-    Off,
-    /// Appended to a file.
-    File(PathBuf),
-}
+use crate::devices::virtio::net::NetConfig;
+use crate::devices::virtio::vsock::VsockConfig;
 
 /// A VM as the command line or a spec describes it, before any file is opened.
 #[derive(Debug, Clone)]
@@ -30,11 +22,15 @@ pub struct VmDescription {
     /// Guest RAM in bytes.
     pub memory: u64,
     /// Serial console.
-    pub serial: SerialTarget,
+    pub serial: SerialConfig,
     /// virtio-blk disks.
     pub disks: Vec<DiskConfig>,
     /// virtio-rng.
     pub rng: bool,
+    /// virtio-net devices.
+    pub nets: Vec<NetConfig>,
+    /// virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Errors reading a spec file.
@@ -122,22 +118,33 @@ pub fn describe(spec: &VmSpec) -> Result<VmDescription, SpecError> {
     if matches!(spec.accel, Accel::Tcg) {
         return Err(refuse("accel", "paddock-vmm runs on KVM only"));
     }
-    if !spec.nics.is_empty() {
-        return Err(refuse("nics", "no virtio-net device yet"));
+    let mut nets = Vec::new();
+    for (i, n) in spec.nics.iter().enumerate() {
+        let Some(tap) = &n.tap else {
+            return Err(SpecError::new(
+                format!("nics[{i}].tap"),
+                "paddock-vmm needs a TAP device; paddockd fills it in from the NIC's network",
+            ));
+        };
+        let opts = match n.mac {
+            Some(mac) => format!("tap={tap},mac={mac}"),
+            None => format!("tap={tap}"),
+        };
+        nets.push(NetConfig::parse(&opts).map_err(|e| SpecError::new(format!("nics[{i}]"), e))?);
     }
-    if spec.vsock.is_some() {
-        return Err(refuse("vsock", "no virtio-vsock device yet"));
-    }
+    let vsock = spec.vsock.as_ref().map(|v| VsockConfig {
+        cid: v.cid,
+        socket: v.socket.clone(),
+    });
     let serial = match &spec.serial {
-        SerialSpec::Off => SerialTarget::Off,
-        SerialSpec::Stdio => SerialTarget::Stdio,
-        SerialSpec::File { path } => SerialTarget::File(path.clone()),
-        SerialSpec::Socket { .. } | SerialSpec::Pty => {
-            return Err(refuse(
-                "serial.mode",
-                "the serial console goes to stdio, a file, or nowhere",
-            ))
-        }
+        SerialSpec::Off => SerialConfig::Off,
+        SerialSpec::Stdio => SerialConfig::Stdio,
+        SerialSpec::File { path } => SerialConfig::File(path.clone()),
+        SerialSpec::Socket { path } => SerialConfig::Socket {
+            path: path.clone(),
+            wait: false,
+        },
+        SerialSpec::Pty => SerialConfig::Pty,
     };
     let mut disks = Vec::new();
     for (i, d) in spec.disks.iter().enumerate() {
@@ -168,6 +175,8 @@ pub fn describe(spec: &VmSpec) -> Result<VmDescription, SpecError> {
         serial,
         disks,
         rng: spec.rng,
+        nets,
+        vsock,
     })
 }
 
@@ -191,7 +200,7 @@ mod tests {
         .unwrap();
         assert_eq!(d.cpus, 2);
         assert_eq!(d.memory, 64 << 20);
-        assert_eq!(d.serial, SerialTarget::Off);
+        assert_eq!(d.serial, SerialConfig::Off);
         assert!(d.rng);
         assert_eq!(d.disks[0].format, paddock_disk::Format::Qcow2);
         assert!(d.disks[0].read_only);
@@ -206,9 +215,7 @@ mod tests {
                 "cpus.threads_per_core",
             ),
             (r#","accel":"tcg""#, "accel"),
-            (r#","nics":[{"tap":"tap0"}]"#, "nics"),
-            (r#","vsock":{"cid":3,"socket":"/v"}"#, "vsock"),
-            (r#","serial":{"mode":"pty"}"#, "serial.mode"),
+            (r#","nics":[{"network":"lan"}]"#, "nics[0].tap"),
             (
                 r#","disks":[{"path":"/d","format":"raw","serial":"a b"}]"#,
                 "disks[0].serial",

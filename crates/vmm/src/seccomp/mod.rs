@@ -188,13 +188,21 @@ mod tests {
     fn no_filter_allows_creating_sockets_or_running_programs() {
         for k in ThreadKind::ALL {
             let r = rules::for_kind(k).unwrap();
-            for nr in [
-                libc::SYS_socket,
-                libc::SYS_execve,
-                libc::SYS_execveat,
-                libc::SYS_fork,
-            ] {
+            for nr in [libc::SYS_execve, libc::SYS_execveat, libc::SYS_fork] {
                 assert!(!r.contains_key(&nr), "{k} allows syscall {nr}");
+            }
+            // Sockets: none for the main and API threads; device workers (and the vCPU
+            // threads whose filter they inherit) get one conditional rule, socket(AF_UNIX,
+            // ...), for vsock's host connections. The self-test proves AF_INET is killed.
+            match k {
+                ThreadKind::Main | ThreadKind::Api => {
+                    assert!(!r.contains_key(&libc::SYS_socket), "{k} allows socket")
+                }
+                _ => assert_eq!(
+                    r[&libc::SYS_socket].len(),
+                    1,
+                    "{k}: socket must be AF_UNIX only"
+                ),
             }
         }
         // Only vCPU threads (which start device workers) may create threads.
@@ -217,9 +225,12 @@ mod tests {
                 0x4008_ae6a
             ]
         );
-        // Workers make no ioctl at all (their KVM work is eventfd writes).
-        assert!(!rules::for_kind(ThreadKind::Worker)
-            .unwrap()
-            .contains_key(&libc::SYS_ioctl));
+        // Workers make no KVM ioctl (their KVM work is eventfd writes): only FIONBIO, for
+        // non-blocking host sockets.
+        assert_eq!(
+            rules::for_kind(ThreadKind::Worker).unwrap()[&libc::SYS_ioctl].len(),
+            1,
+            "workers: FIONBIO only"
+        );
     }
 }

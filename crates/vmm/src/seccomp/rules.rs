@@ -73,10 +73,23 @@ fn base() -> Result<Rules, BackendError> {
 }
 
 /// File and event I/O of a device worker (disk images, eventfds, epoll).
-fn worker_io(r: &mut Rules) {
+fn worker_io(r: &mut Rules) -> Result<(), BackendError> {
+    // Host backends: the TAP (read/write in the base set), the vsock Unix sockets (host
+    // listeners, per-port connections), the console's input (poll on stdin).
+    allow_arg(r, libc::SYS_socket, 0, &[libc::AF_UNIX as u64])?;
+    // Non-blocking host sockets.
+    allow_arg(r, libc::SYS_ioctl, 1, &[libc::FIONBIO])?;
     allow(
         r,
         &[
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_shutdown,
+            libc::SYS_epoll_ctl,
+            libc::SYS_poll,
+            libc::SYS_ppoll,
             libc::SYS_pread64,
             libc::SYS_pwrite64,
             libc::SYS_preadv,
@@ -92,6 +105,7 @@ fn worker_io(r: &mut Rules) {
             libc::SYS_epoll_pwait,
         ],
     );
+    Ok(())
 }
 
 /// The request numbers of the KVM ioctls a running vCPU makes (its own exits, register
@@ -174,6 +188,9 @@ pub fn for_kind(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_seccomp,
                     libc::SYS_sched_getaffinity,
                     libc::SYS_getpid,
+                    // COM1 output to a socket client (`--serial socket=`) is sent from the
+                    // vCPU thread that wrote the UART register.
+                    libc::SYS_sendto,
                 ],
             );
             allow_arg(&mut r, libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64])?;
@@ -200,9 +217,9 @@ pub fn for_kind(kind: ThreadKind) -> Result<Rules, BackendError> {
             )?;
             allow_arg(&mut r, libc::SYS_tgkill, 2, &[kick])?;
             // Device workers run under this filter too (see the module doc).
-            worker_io(&mut r);
+            worker_io(&mut r)?;
         }
-        ThreadKind::Worker => worker_io(&mut r),
+        ThreadKind::Worker => worker_io(&mut r)?,
     }
     Ok(r)
 }

@@ -2,9 +2,12 @@
 //! the modern PCI transport (`transport`), and the devices, one folder each.
 
 pub mod block;
+pub mod console;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 pub mod worker;
 
 #[cfg(test)]

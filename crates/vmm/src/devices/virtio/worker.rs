@@ -1,9 +1,11 @@
 //! The per-device worker thread: it sleeps in epoll on one eventfd per queue (signalled by
 //! KVM ioeventfds or by the transport) and a stop eventfd, hands ready queues to the device's
-//! [`QueueHandler`], and raises interrupts. A malformed chain marks the device as needing a
-//! reset and stops its queues; nothing the guest writes can panic the thread.
+//! [`QueueHandler`], and raises interrupts. A device with a host-side backend (a TAP, sockets)
+//! also hands the worker one pollable descriptor ([`QueueHandler::backend_fd`]); when it is
+//! ready the handler moves data with every queue at hand. A malformed chain marks the device as
+//! needing a reset and stops its queues; nothing the guest writes can panic the thread.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,6 +25,23 @@ pub trait QueueHandler: Send {
         queue: &mut Queue,
         mem: &GuestMem,
     ) -> Result<bool, ChainError>;
+
+    /// A descriptor that becomes readable when the backend has work (typically an epoll fd
+    /// of the handler's own); `None` (the default) for devices driven by their queues only.
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// The backend descriptor is ready: moves data between the backend and `queues`; returns
+    /// the indices of the queues that got used buffers.
+    fn process_backend(
+        &mut self,
+        queues: &mut [WorkerQueue],
+        mem: &GuestMem,
+    ) -> Result<Vec<usize>, ChainError> {
+        let _ = (queues, mem);
+        Ok(Vec::new())
+    }
 }
 
 /// How a device raises interrupts through its transport.
@@ -50,6 +69,7 @@ pub struct Worker {
 }
 
 const STOP: u64 = u64::MAX;
+const BACKEND: u64 = u64::MAX - 1;
 
 impl Worker {
     /// Starts the worker thread `name`.
@@ -75,6 +95,13 @@ impl Worker {
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
+        if let Some(fd) = handler.backend_fd() {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, BACKEND),
+            )?;
+        }
         let thread_name = name.clone();
         let thread = std::thread::Builder::new()
             .name(thread_name)
@@ -83,7 +110,7 @@ impl Worker {
                     eprintln!("paddock-vmm: {name}: {e}");
                     return;
                 }
-                let mut events = vec![EpollEvent::default(); queues.len() + 1];
+                let mut events = vec![EpollEvent::default(); queues.len() + 2];
                 let mut broken = false;
                 loop {
                     let n = match epoll.wait(-1, &mut events) {
@@ -98,24 +125,46 @@ impl Worker {
                         if ev.data() == STOP {
                             return;
                         }
-                        let Some(q) = queues.get_mut(ev.data() as usize) else {
-                            continue;
+                        let result = if ev.data() == BACKEND {
+                            if broken {
+                                // Stop listening: a broken device moves no more data.
+                                if let Some(fd) = handler.backend_fd() {
+                                    let _ = epoll.ctl(
+                                        ControlOperation::Delete,
+                                        fd,
+                                        EpollEvent::default(),
+                                    );
+                                }
+                                continue;
+                            }
+                            handler
+                                .process_backend(&mut queues, &mem)
+                                .map_err(|e| ("backend".to_string(), e))
+                        } else {
+                            let Some(q) = queues.get_mut(ev.data() as usize) else {
+                                continue;
+                            };
+                            let _ = q.event.read();
+                            if broken {
+                                continue;
+                            }
+                            let index = q.index;
+                            handler
+                                .process(index, &mut q.queue, &mem)
+                                .map(|used| if used { vec![index] } else { Vec::new() })
+                                .map_err(|e| (format!("queue {index}"), e))
                         };
-                        let _ = q.event.read();
-                        if broken {
-                            continue;
-                        }
-                        match handler.process(q.index, &mut q.queue, &mem) {
-                            Ok(true) => {
-                                if q.queue.needs_interrupt(&mem) {
-                                    interrupt.signal_queue(q.index);
+                        match result {
+                            Ok(used) => {
+                                for q in queues.iter().filter(|q| used.contains(&q.index)) {
+                                    if q.queue.needs_interrupt(&mem) {
+                                        interrupt.signal_queue(q.index);
+                                    }
                                 }
                             }
-                            Ok(false) => {}
-                            Err(e) => {
+                            Err((what, e)) => {
                                 eprintln!(
-                                    "paddock-vmm: {name}: queue {}: {e}; the device needs a reset",
-                                    q.index
+                                    "paddock-vmm: {name}: {what}: {e}; the device needs a reset"
                                 );
                                 broken = true;
                                 needs_reset.store(true, Ordering::SeqCst);
