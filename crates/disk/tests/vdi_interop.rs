@@ -5,68 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::interop::*;
 use paddock_disk::{create, open, BlockImage, CreateOptions, ExtentKind, Format, OpenOptions};
-
-fn have_qemu_img() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("qemu-img not found: skipping the vdi interop test");
-    }
-    ok
-}
-
-fn qemu(args: &[&str]) -> std::process::Output {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A raw source with holes, zero runs, text, a repeating pattern and random bytes, of an
-/// odd size so CHS rounding shows.
-fn pattern(size: usize) -> Vec<u8> {
-    let mut v = vec![0u8; size];
-    let text = b"The quick brown fox jumps over the lazy dog. ";
-    for (i, b) in v[4096..200_000].iter_mut().enumerate() {
-        *b = text[i % text.len()];
-    }
-    for (i, b) in v[3 << 20..(5 << 20) + 777].iter_mut().enumerate() {
-        *b = (i * 7 % 253) as u8 + 1;
-    }
-    let mut x = 0x1234_5678u32;
-    for b in v[(9 << 20) + 513..(10 << 20) + 100].iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
-    let end = v.len();
-    v[end - 1000..].fill(0x5a);
-    v
-}
-
-fn read_all(img: &dyn BlockImage) -> Vec<u8> {
-    let mut v = vec![0u8; img.virtual_size() as usize];
-    for (i, chunk) in v.chunks_mut(1 << 20).enumerate() {
-        img.read_at(chunk, (i as u64) << 20).unwrap();
-    }
-    v
-}
-
-fn info_json(path: &Path, fmt: &str) -> serde_json::Value {
-    let out = qemu(&["info", "-f", fmt, "--output=json", s(path)]);
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 const COMBOS: [&str; 2] = ["static=off", "static=on"];
 
@@ -82,7 +24,7 @@ fn qemu_ok(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn qemu_written_vdi_reads_back_identically() {
-    if !have_qemu_img() {
+    if !have_qemu_img_for("vdi") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -108,7 +50,7 @@ fn qemu_written_vdi_reads_back_identically() {
         assert!(want == data, "{combo}: qemu round trip");
         let img = open(&img_path, &OpenOptions::read(None)).unwrap();
         assert_eq!(img.format(), Format::Vdi, "probed");
-        let ours = read_all(img.as_ref());
+        let ours = read_all_image(img.as_ref());
         assert!(
             ours == want,
             "{combo}: contents differ from qemu-img convert -O raw"
@@ -199,7 +141,7 @@ fn assert_check_and_compare(p: &Path, want: &[u8], exp: &Path, what: &str) {
 
 #[test]
 fn our_vdi_passes_qemu_img_check_and_compare() {
-    if !have_qemu_img() {
+    if !have_qemu_img_for("vdi") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -213,14 +155,14 @@ fn our_vdi_passes_qemu_img_check_and_compare() {
         );
         assert_check_and_compare(&p, &want, &dir.path().join("expected.raw"), combo);
         let img = open(&p, &OpenOptions::read(Some(Format::Vdi))).unwrap();
-        assert!(read_all(img.as_ref()) == want, "{combo}");
+        assert!(read_all_image(img.as_ref()) == want, "{combo}");
         assert!(img.check(false).unwrap().is_clean(), "{combo}");
     }
 }
 
 #[test]
 fn our_writes_into_qemu_images_pass_check_and_compare() {
-    if !have_qemu_img() {
+    if !have_qemu_img_for("vdi") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -5,68 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::interop::*;
 use paddock_disk::{create, open, BlockImage, CreateOptions, ExtentKind, Format, OpenOptions};
-
-fn have_qemu_img() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("qemu-img not found: skipping the vpc interop test");
-    }
-    ok
-}
-
-fn qemu(args: &[&str]) -> std::process::Output {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A raw source with holes, zero runs, text, a repeating pattern and random bytes, of an
-/// odd size so CHS rounding shows.
-fn pattern(size: usize) -> Vec<u8> {
-    let mut v = vec![0u8; size];
-    let text = b"The quick brown fox jumps over the lazy dog. ";
-    for (i, b) in v[4096..200_000].iter_mut().enumerate() {
-        *b = text[i % text.len()];
-    }
-    for (i, b) in v[3 << 20..(5 << 20) + 777].iter_mut().enumerate() {
-        *b = (i * 7 % 253) as u8 + 1;
-    }
-    let mut x = 0x1234_5678u32;
-    for b in v[(9 << 20) + 513..(10 << 20) + 100].iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
-    let end = v.len();
-    v[end - 1000..].fill(0x5a);
-    v
-}
-
-fn read_all(img: &dyn BlockImage) -> Vec<u8> {
-    let mut v = vec![0u8; img.virtual_size() as usize];
-    for (i, chunk) in v.chunks_mut(1 << 20).enumerate() {
-        img.read_at(chunk, (i as u64) << 20).unwrap();
-    }
-    v
-}
-
-fn info_json(path: &Path, fmt: &str) -> serde_json::Value {
-    let out = qemu(&["info", "-f", fmt, "--output=json", s(path)]);
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 const COMBOS: [&str; 4] = [
     "subformat=dynamic",
@@ -77,7 +19,7 @@ const COMBOS: [&str; 4] = [
 
 #[test]
 fn qemu_written_vhd_reads_back_identically() {
-    if !have_qemu_img() {
+    if !have_qemu_img_for("vpc") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -101,7 +43,7 @@ fn qemu_written_vhd_reads_back_identically() {
         qemu(&["convert", "-f", "vpc", "-O", "raw", s(&img_path), s(&back)]);
         let want = std::fs::read(&back).unwrap();
         let img = open(&img_path, &OpenOptions::read(Some(Format::Vpc))).unwrap();
-        let ours = read_all(img.as_ref());
+        let ours = read_all_image(img.as_ref());
         assert_eq!(ours.len(), want.len(), "{combo}: virtual size");
         assert!(
             ours == want,
@@ -185,7 +127,7 @@ fn our_image(dir: &Path, combo: &str, size: u64) -> (PathBuf, Vec<u8>) {
 
 #[test]
 fn our_vhd_passes_qemu_img_compare() {
-    if !have_qemu_img() {
+    if !have_qemu_img_for("vpc") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -211,14 +153,14 @@ fn our_vhd_passes_qemu_img_compare() {
         );
         // Our own reader and check agree too.
         let img = open(&p, &OpenOptions::read(Some(Format::Vpc))).unwrap();
-        assert!(read_all(img.as_ref()) == want, "{combo}");
+        assert!(read_all_image(img.as_ref()) == want, "{combo}");
         assert!(img.check(false).unwrap().is_clean(), "{combo}");
     }
 }
 
 #[test]
 fn our_writes_into_qemu_images_pass_compare() {
-    if !have_qemu_img() {
+    if !have_qemu_img_for("vpc") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -240,7 +182,7 @@ fn our_writes_into_qemu_images_pass_compare() {
 
 #[test]
 fn azure_fixed_force_size_is_exact() {
-    if !have_qemu_img() {
+    if !have_qemu_img_for("vpc") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: qemu-img discovery, pattern images, the corpus.
 #![allow(dead_code)]
 
+pub mod interop;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
