@@ -33,6 +33,23 @@ pub struct Extent {
     pub host_offset: Option<u64>,
 }
 
+impl Extent {
+    /// Appends the run `(kind, length, host_offset)` that follows this extent when it looks the
+    /// same (same kind and, for data, the next host bytes); returns whether it did.
+    pub fn try_extend(&mut self, kind: ExtentKind, length: u64, host_offset: Option<u64>) -> bool {
+        let contiguous = match (self.host_offset, host_offset) {
+            (Some(a), Some(b)) => a + self.length == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if kind != self.kind || !contiguous {
+            return false;
+        }
+        self.length += length;
+        true
+    }
+}
+
 /// An internal snapshot recorded in an image (qcow2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
@@ -333,6 +350,28 @@ mod tests {
         b[4096] = 0;
         b[7] = 1;
         assert!(!is_zero(&b));
+    }
+
+    #[test]
+    fn extents_extend_only_with_the_same_kind_and_contiguous_data() {
+        let mut e = Extent {
+            start: 0,
+            length: 10,
+            kind: ExtentKind::Data,
+            host_offset: Some(100),
+        };
+        assert!(e.try_extend(ExtentKind::Data, 5, Some(110)));
+        assert!(!e.try_extend(ExtentKind::Data, 5, Some(200)));
+        assert!(!e.try_extend(ExtentKind::Zero, 5, None));
+        assert_eq!(e.length, 15);
+        let mut z = Extent {
+            start: 0,
+            length: 4,
+            kind: ExtentKind::Zero,
+            host_offset: None,
+        };
+        assert!(z.try_extend(ExtentKind::Zero, 4, None));
+        assert_eq!(z.length, 8);
     }
 
     #[test]

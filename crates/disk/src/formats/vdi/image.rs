@@ -375,15 +375,9 @@ impl BlockImage for VdiImage {
                     })
                 }
                 Some(x) => {
-                    let contiguous = match (x.host_offset, host) {
-                        (Some(h0), Some(h1)) => h0 + x.length == h1,
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    if x.kind != kind || !contiguous {
+                    if !x.try_extend(kind, n, host) {
                         break;
                     }
-                    x.length += n;
                 }
             }
             at += n;

@@ -651,25 +651,20 @@ impl BlockImage for VhdxImage {
         if max_len == 0 {
             return Err(Error::invalid("block status of an empty range"));
         }
-        let (kind, host, mut len) = self.block_extent(offset, max_len)?;
-        while len < max_len {
-            let (k, h, n) = self.block_extent(offset + len, max_len - len)?;
-            let contiguous = match (host, h) {
-                (Some(a), Some(b)) => a + len == b,
-                (None, None) => true,
-                _ => false,
-            };
-            if k != kind || !contiguous {
+        let (kind, host_offset, length) = self.block_extent(offset, max_len)?;
+        let mut extent = Extent {
+            start: offset,
+            length,
+            kind,
+            host_offset,
+        };
+        while extent.length < max_len {
+            let (k, h, n) = self.block_extent(offset + extent.length, max_len - extent.length)?;
+            if !extent.try_extend(k, n, h) {
                 break;
             }
-            len += n;
         }
-        Ok(Extent {
-            start: offset,
-            length: len,
-            kind,
-            host_offset: host,
-        })
+        Ok(extent)
     }
 
     fn backing(&self) -> Option<&dyn BlockImage> {

@@ -327,15 +327,9 @@ impl VpcImage {
                     })
                 }
                 Some(e) => {
-                    let contiguous = match (e.host_offset, host) {
-                        (Some(h0), Some(h1)) => h0 + e.length == h1,
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    if e.kind != kind || !contiguous {
+                    if !e.try_extend(kind, n, host) {
                         break;
                     }
-                    e.length += n;
                 }
             }
             at += n;
