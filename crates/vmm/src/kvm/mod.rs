@@ -70,7 +70,22 @@ impl KvmVm {
 
     /// Registers every region of `mem` as a KVM memory slot, with dirty logging if asked.
     pub fn register_memory(&self, mem: &GuestMem, dirty_log: bool) -> Result<(), KvmError> {
-        for (slot, region) in mem.iter().enumerate() {
+        for slot in 0..mem.num_regions() {
+            self.set_dirty_logging(mem, slot, dirty_log)?;
+        }
+        Ok(())
+    }
+
+    /// (Re)registers region `slot` of `mem` with dirty-page logging on or off: regions are
+    /// switched one at a time, so a migration can track the large regions it copies in rounds.
+    pub fn set_dirty_logging(
+        &self,
+        mem: &GuestMem,
+        slot: usize,
+        enabled: bool,
+    ) -> Result<(), KvmError> {
+        let dirty_log = enabled;
+        if let Some((slot, region)) = mem.iter().enumerate().nth(slot) {
             let host = mem
                 .get_host_address(region.start_addr())
                 .map_err(|_| KvmError::Ioctl {
@@ -95,6 +110,20 @@ impl KvmVm {
             })?;
         }
         Ok(())
+    }
+
+    /// Fetches and clears KVM's dirty bitmap for region `slot` (one bit per 4 KiB page, as
+    /// 64-bit words); the region must have dirty logging on.
+    pub fn dirty_log(&self, mem: &GuestMem, slot: usize) -> Result<Vec<u64>, KvmError> {
+        let len = mem
+            .iter()
+            .nth(slot)
+            .map(|r| r.len() as usize)
+            .ok_or(KvmError::Ioctl {
+                what: "KVM_GET_DIRTY_LOG",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            })?;
+        ioctl("KVM_GET_DIRTY_LOG", self.vm.get_dirty_log(slot as u32, len))
     }
 
     /// Routes `evt` to interrupt line `gsi`.
