@@ -306,3 +306,24 @@ fn attach_refuses_a_process_that_is_not_qemu() {
         other => panic!("expected an attach error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_running_guest_that_ignores_the_button_is_quit_after_the_grace() {
+    let name = "button-ignored";
+    if !qemu_available(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // SeaBIOS with no disk runs no OS, so nothing answers the power button.
+    let spec: VmSpec = serde_json::from_value(serde_json::json!({
+        "name": name, "memory": {"size_mib": 64},
+        "boot": {"kind": "firmware", "firmware": "bios"}, "serial": {"mode": "off"},
+    }))
+    .unwrap();
+    let opts = LaunchOptions::new(dir.path().join("run"));
+    let mut guard = VmGuard(Some(QemuVm::start(&spec, &opts).unwrap()));
+    let vm = guard.vm();
+    assert_eq!(running(vm), (true, RunState::Running));
+    assert_eq!(vm.stop(Duration::from_secs(1)).unwrap(), StopOutcome::Quit);
+    assert!(vm.exit_status().unwrap().success());
+}
