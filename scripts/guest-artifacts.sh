@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Builds the Linux guest artifacts that VMM and daemon tests boot: the Debian cloud kernel
-# (bzImage) and a busybox initramfs whose /init mounts proc, sys and dev, prints a ready line
-# and powers off.
+# (bzImage) and a busybox initramfs. Its /init mounts proc, sys and dev, loads the virtio
+# modules (virtio_pci, virtio_blk, virtio_net, virtio_rng, virtio_console) and the ACPI power
+# button with their dependencies, all taken from the same linux-image package, brings network
+# interfaces up, prints one line per disk and NIC, then the ready line
+#   paddock-initramfs: ready kernel=RELEASE cpus=N disks=vda,vdb net=eth0
+# and then:
+#   - with `paddock.poweroff=1` on the kernel command line, powers off at once (the old
+#     behaviour: the VM exits with status 0 after the ready line);
+#   - otherwise waits, and powers off when the ACPI power button is pressed (QEMU's
+#     system_powerdown, paddock-vmm's power-button).
 #
 # Idempotent and cached under .cache/guest/ (or $PADDOCK_GUEST_CACHE): the first run downloads
 # the packages with `apt-get download`; every run checks the cache against the SHA-256 sums
@@ -31,8 +39,11 @@ print_paths() {
     echo "initramfs=$initramfs"
 }
 
+# A cache built by another version of this script is rebuilt (the debs stay).
+script_sum=$(sha256sum "$root/scripts/guest-artifacts.sh" | cut -d' ' -f1)
 if [ -f "$sums" ] && [ -f "$kernel" ] && [ -f "$initramfs" ]; then
-    if (cd "$cache" && sha256sum --quiet --strict -c SHA256SUMS); then
+    if (cd "$cache" && sha256sum --quiet --strict -c SHA256SUMS) &&
+        grep -qx "script-sha256=$script_sum" "$cache/VERSIONS"; then
         print_paths
         exit 0
     fi
@@ -83,8 +94,7 @@ bdeb=$(fetch_deb busybox-static)
 work=$(mktemp -d "$cache/.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# vmlinuz only: modules stay in the package until the initramfs needs them.
-dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$work" --wildcards './boot/vmlinuz-*'
+dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$work" --wildcards './boot/vmlinuz-*' './lib/modules/*'
 vmlinuz=$(find "$work/boot" -name 'vmlinuz-*' | head -n 1)
 [ -n "$vmlinuz" ] || { echo "guest-artifacts: $kdeb has no /boot/vmlinuz-*" >&2; exit 1; }
 cp "$vmlinuz" "$kernel.tmp"
@@ -93,14 +103,94 @@ release=${vmlinuz##*/vmlinuz-}
 dpkg-deb --fsys-tarfile "$bdeb" | tar -x -C "$work" ./bin/busybox
 [ -x "$work/bin/busybox" ] || { echo "guest-artifacts: $bdeb has no /bin/busybox" >&2; exit 1; }
 
+# The package carries no modules.dep (the postinst runs depmod): make one with the static
+# busybox's depmod (runs on any x86_64 host), then take each wanted module with its
+# dependencies, dependencies first. Module files may be .ko, .ko.xz or .ko.zst; busybox insmod
+# takes plain .ko, so compressed ones are decompressed here.
+moddir=$work/lib/modules/$release
+[ -d "$moddir" ] || { echo "guest-artifacts: $kdeb has no /lib/modules/$release" >&2; exit 1; }
+"$work/bin/busybox" depmod -b "$work" "$release"
+[ -s "$moddir/modules.dep" ] || { echo "guest-artifacts: depmod made no modules.dep" >&2; exit 1; }
+wanted="virtio_pci virtio_blk virtio_net virtio_rng virtio_console button evdev"
+mkdir -p "$work/mods"
+order=()
+seen=" "
+# Module name of a modules.dep path: basename without .ko[.xz|.zst|.gz], '-' as '_'.
+modname() { local b=${1##*/}; b=${b%%.ko*}; echo "${b//-/_}"; }
+add_module() { # path relative to $moddir
+    local rel=$1 name
+    name=$(modname "$rel")
+    case $seen in *" $name "*) return ;; esac
+    seen="$seen$name "
+    case $rel in
+    *.ko) cp "$moddir/$rel" "$work/mods/$name.ko" ;;
+    *.ko.xz) xz -dc "$moddir/$rel" >"$work/mods/$name.ko" ;;
+    *.ko.zst) zstd -qdc "$moddir/$rel" >"$work/mods/$name.ko" ;;
+    *.ko.gz) gzip -dc "$moddir/$rel" >"$work/mods/$name.ko" ;;
+    *) echo "guest-artifacts: unknown module file $rel" >&2; exit 1 ;;
+    esac
+    order+=("$name")
+}
+for want in $wanted; do
+    line=$(while IFS= read -r l; do
+        [ "$(modname "${l%%:*}")" = "$want" ] && { echo "$l"; break; }
+    done <"$moddir/modules.dep")
+    [ -n "$line" ] || { echo "guest-artifacts: no module $want in $release" >&2; exit 1; }
+    # modules.dep lists the whole closure, the first needing the later ones: load reversed.
+    read -r -a deps <<<"${line#*:}"
+    for ((i = ${#deps[@]} - 1; i >= 0; i--)); do add_module "${deps[i]}"; done
+    add_module "${line%%:*}"
+done
+printf '%s\n' "${order[@]}" >"$work/modules"
+
 cat >"$work/init" <<EOF
 #!/bin/sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-echo "$ready_line kernel=\$(/bin/busybox uname -r) cpus=\$(/bin/busybox nproc)"
-/bin/busybox poweroff -f
-echo "paddock-initramfs: poweroff failed"
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r m; do
+    insmod /lib/modules/\$m.ko || echo "paddock-initramfs: insmod \$m failed"
+done </etc/modules
+disks=
+for d in /sys/block/*; do
+    n=\${d##*/}
+    case \$n in loop* | ram* | "*") continue ;; esac
+    echo "paddock-initramfs: disk \$n serial=\$(cat \$d/serial 2>/dev/null) ro=\$(cat \$d/ro) sectors=\$(cat \$d/size)"
+    disks=\${disks:+\$disks,}\$n
+done
+net=
+for d in /sys/class/net/*; do
+    n=\${d##*/}
+    case \$n in lo | "*") continue ;; esac
+    ip link set "\$n" up
+    echo "paddock-initramfs: nic \$n mac=\$(cat \$d/address)"
+    net=\${net:+\$net,}\$n
+done
+ready="$ready_line kernel=\$(uname -r) cpus=\$(nproc) disks=\$disks net=\$net"
+case " \$(cat /proc/cmdline) " in
+*" paddock.poweroff=1 "*)
+    echo "\$ready"
+    poweroff -f
+    echo "paddock-initramfs: poweroff failed"
+    ;;
+esac
+# The ACPI power button (input device "Power Button"): one key event powers off. The ready
+# line comes once a process holds each device open, so no press after it is lost.
+for e in /sys/class/input/event*; do
+    [ "\$(cat \$e/device/name 2>/dev/null)" = "Power Button" ] || continue
+    ev=/dev/input/\${e##*/}
+    (dd if=\$ev of=/dev/null bs=24 count=1 2>/dev/null && echo "paddock-initramfs: power button" && poweroff -f) &
+    i=0
+    until ls -l /proc/[0-9]*/fd 2>/dev/null | grep -q "\$ev"; do
+        i=\$((i + 1))
+        [ \$i -lt 500 ] || { echo "paddock-initramfs: watcher did not open \$ev"; break; }
+        usleep 10000
+    done
+done
+echo "\$ready"
+while :; do sleep 3600; done
 EOF
 
 # A cpio "newc" archive written entry by entry: deterministic (inode numbers, owner root,
@@ -123,9 +213,11 @@ cpio_entry() { # name mode [file-with-data | -link target]
     fi
 }
 {
-    for d in bin dev proc sys sbin; do cpio_entry "$d" $((0040755)); done
+    for d in bin dev etc lib lib/modules proc sys sbin; do cpio_entry "$d" $((0040755)); done
     cpio_entry bin/busybox $((0100755)) "$work/bin/busybox"
     cpio_entry bin/sh $((0120777)) -link busybox
+    cpio_entry etc/modules $((0100644)) "$work/modules"
+    for m in "${order[@]}"; do cpio_entry "lib/modules/$m.ko" $((0100644)) "$work/mods/$m.ko"; done
     cpio_entry init $((0100755)) "$work/init"
     ino=-1
     cpio_entry TRAILER!!! 0
@@ -137,6 +229,8 @@ cat >"$cache/VERSIONS" <<EOF
 kernel-package=$(basename "$kdeb")
 kernel-release=$release
 busybox-package=$(basename "$bdeb")
+modules=$(echo "${order[@]}")
+script-sha256=$script_sum
 EOF
 (cd "$cache" && sha256sum vmlinuz initramfs.cpio.gz VERSIONS debs/*.deb >SHA256SUMS.tmp &&
     mv SHA256SUMS.tmp SHA256SUMS)
