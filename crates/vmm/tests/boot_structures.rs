@@ -686,7 +686,7 @@ fn debian_kernel_boots_to_init_under_paddock_vmm() {
         "--initramfs",
         a.initramfs.to_str().unwrap(),
         "--cmdline",
-        "console=ttyS0 reboot=k panic=-1",
+        "console=ttyS0 reboot=k panic=-1 paddock.poweroff=1",
         "--memory",
         "512M",
         "--cpus",
