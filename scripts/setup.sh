@@ -5,12 +5,13 @@
 # QEMU: qemu-img and qemu-system-x86 must come from the same release. Debian bookworm's
 # qemu-system-x86 (7.2) replaces a newer qemu-utils (and with it qemu-img), so both are taken
 # from bookworm-backports (QEMU 10), through a private apt source list that leaves the
-# machine's own sources untouched. Set PADDOCK_QEMU_SYSTEM=1 to install qemu-system-x86 too.
+# machine's own sources untouched. qemu-system-x86 runs the Linux guests of the QEMU driver's
+# tests (TCG); PADDOCK_QEMU_SYSTEM=0 skips it on machines that only build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .cache
-stamp=.cache/setup-v2.stamp
-want_system=${PADDOCK_QEMU_SYSTEM:-0}
+stamp=.cache/setup-v3.stamp
+want_system=${PADDOCK_QEMU_SYSTEM:-1}
 have() { command -v "$1" >/dev/null; }
 if [ -f "$stamp" ] && have qemu-img && { [ "$want_system" = 0 ] || have qemu-system-x86_64; }; then
     exit 0
@@ -33,7 +34,16 @@ LIST
     echo "setup: installing ${pkgs[*]} from $codename-backports"
     apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends -t "$codename-backports" "${pkgs[@]}" >/dev/null
 fi
-have cc || { apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }
+# Build tools, and what the VMM and QEMU tests use: ip (network namespaces), readelf.
+missing=()
+have cc || missing+=(gcc)
+have ip || missing+=(iproute2)
+have readelf || missing+=(binutils)
+have cpio || missing+=(cpio)
+have xz || missing+=(xz-utils)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 have cargo || { echo "setup: cargo is missing; install Rust with rustup first" >&2; exit 1; }
 qemu-img --version | head -1
 touch "$stamp"
