@@ -45,7 +45,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(paddockd::run(config)) {
+    let result = rt.block_on(paddockd::run(config));
+    // Exit watchers sit in blocking threads until their VMM ends; VMMs outlive the daemon,
+    // so do not wait for them.
+    rt.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("paddockd: {e:#}");

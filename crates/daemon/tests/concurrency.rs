@@ -17,16 +17,16 @@ fn concurrent_start_and_stop_on_one_vm_are_serialised() {
     let d = Daemon::start();
     d.define("s", "wait");
     for round in 0..3 {
-        let barrier = Arc::new(Barrier::new(3));
+        let barrier = Arc::new(Barrier::new(4));
         let run = |action: Action| {
             let c = d.client();
             let b = barrier.clone();
             std::thread::spawn(move || {
                 b.wait();
-                let stop = StopRequest {
+                let stop = (action == Action::Stop).then_some(StopRequest {
                     timeout_secs: Some(0),
-                };
-                c.action("s", action, Some(stop))
+                });
+                c.action("s", action, stop)
             })
         };
         let starts = [run(Action::Start), run(Action::Start)];
@@ -46,8 +46,15 @@ fn concurrent_start_and_stop_on_one_vm_are_serialised() {
         match &stop {
             Ok(v) => {
                 assert_eq!(v.state, VmState::Stopped);
-                assert!(ok_starts >= 1, "round {round}: a stop succeeded before any start");
-                let expect = if ok_starts == 2 { VmState::Running } else { VmState::Stopped };
+                assert!(
+                    ok_starts >= 1,
+                    "round {round}: a stop succeeded before any start"
+                );
+                let expect = if ok_starts == 2 {
+                    VmState::Running
+                } else {
+                    VmState::Stopped
+                };
                 assert_eq!(vm.state, expect, "round {round}: {starts:?} {stop:?}");
             }
             Err(e) => {
@@ -60,7 +67,13 @@ fn concurrent_start_and_stop_on_one_vm_are_serialised() {
         assert!(matches!(vm.state, VmState::Running | VmState::Stopped));
         if vm.state == VmState::Running {
             d.client()
-                .action("s", Action::Stop, Some(StopRequest { timeout_secs: Some(0) }))
+                .action(
+                    "s",
+                    Action::Stop,
+                    Some(StopRequest {
+                        timeout_secs: Some(0),
+                    }),
+                )
                 .unwrap();
         }
         assert_eq!(d.vmm_pids().iter().filter(|p| alive(**p)).count(), 0);

@@ -24,9 +24,15 @@ fn define_start_console_pause_resume_stop() {
     assert!(alive(pid));
     d.wait_console("w1", "wait guest ready");
 
-    assert_eq!(c.action("w1", Action::Pause, None).unwrap().state, VmState::Paused);
+    assert_eq!(
+        c.action("w1", Action::Pause, None).unwrap().state,
+        VmState::Paused
+    );
     assert_eq!(c.get("w1").unwrap().state, VmState::Paused);
-    assert_eq!(c.action("w1", Action::Resume, None).unwrap().state, VmState::Running);
+    assert_eq!(
+        c.action("w1", Action::Resume, None).unwrap().state,
+        VmState::Running
+    );
 
     // The wait guest ignores the power button: a short grace, then the VMM's hard stop.
     let stop = StopRequest {
@@ -43,8 +49,14 @@ fn define_start_console_pause_resume_stop() {
     let vm = c.action("w1", Action::Restart, None);
     assert_eq!(vm.unwrap_err().status(), Some(409));
     c.action("w1", Action::Start, None).unwrap();
-    c.action("w1", Action::Stop, Some(StopRequest { timeout_secs: Some(0) }))
-        .unwrap();
+    c.action(
+        "w1",
+        Action::Stop,
+        Some(StopRequest {
+            timeout_secs: Some(0),
+        }),
+    )
+    .unwrap();
     c.delete("w1").unwrap();
     assert!(c.list().unwrap().is_empty());
 

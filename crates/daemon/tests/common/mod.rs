@@ -191,7 +191,10 @@ impl Daemon {
     pub fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
         let r = http::request(&self.socket, method, path, body, Duration::from_secs(120))
             .expect("request to paddockd");
-        (r.status, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        )
     }
 
     /// Defines a VM that boots test guest `guest`.
@@ -238,9 +241,9 @@ impl Daemon {
                 continue;
             };
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&me)
-                && String::from_utf8_lossy(&cmd).contains("paddock-vmm")
-            {
+            let cmd = String::from_utf8_lossy(&cmd);
+            let argv0 = cmd.split('\0').next().unwrap_or_default();
+            if argv0.ends_with("/paddock-vmm") && cmd.contains(&me) {
                 pids.push(pid);
             }
         }
@@ -253,7 +256,9 @@ impl Drop for Daemon {
         self.stop_with("KILL");
         // The VMMs run in their own sessions and outlive the daemon: end this test's.
         for pid in self.vmm_pids() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
     }
 }
