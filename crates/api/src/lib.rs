@@ -1,0 +1,20 @@
+//! The Paddock REST API as code: the resource types `paddockd` serves and the CLI reads
+//! ([`types`]), the OpenAPI 3 document built from them ([`openapi::document`], committed as
+//! `crates/api/openapi.json`), and a typed blocking client over the daemon's Unix socket
+//! ([`Client`]), on a small HTTP/1.1 implementation ([`http`]) that also speaks to
+//! `paddock-vmm`'s control socket.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod http;
+pub mod openapi;
+pub mod types;
+
+pub use client::{Client, ClientError};
+pub use types::{AuditEntry, ErrorBody, Event, StopRequest, Vm, VmState};
+
+/// The default path of the daemon's socket.
+pub const DEFAULT_SOCKET: &str = "/run/paddock/paddockd.sock";
+
+/// The prefix of every versioned path.
+pub const API_PREFIX: &str = "/api/v1";
