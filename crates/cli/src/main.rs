@@ -1,7 +1,8 @@
 //! `paddock`: the Paddock command-line interface.
 //!
 //! `paddock image ...` works on image files directly, with no daemon, and follows
-//! `qemu-img`'s flag spelling so scripts move over unchanged.
+//! `qemu-img`'s flag spelling so scripts move over unchanged. `paddock vm ...` drives VMs
+//! through `paddockd`'s REST API on its Unix socket.
 
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod image;
 mod output;
+mod vm;
 
 /// Paddock: an open virtualization platform on Linux KVM.
 #[derive(Parser, Debug)]
@@ -23,6 +25,9 @@ enum Command {
     /// Disk images: info, convert, check, compare, create, resize, map, rebase, commit.
     #[command(subcommand)]
     Image(Box<image::ImageCommand>),
+    /// VMs through paddockd: define, list, show, start, stop, restart, pause, resume,
+    /// delete, console.
+    Vm(vm::VmArgs),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Image(cmd) => image::run(*cmd),
+        Command::Vm(args) => vm::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -312,6 +312,7 @@ impl Supervisor {
     /// Starts `vm` (its lock held) and waits until its control socket answers.
     async fn start_locked(self: &Arc<Self>, vm: &mut Vm) -> Result<(), OpError> {
         self.driver.check(&vm.spec)?;
+        let before = (vm.state, vm.exit_status, vm.message.clone());
         vm.exit_status = None;
         self.set_state(vm, VmState::Starting, None)?;
         let paths = self.paths(vm.id);
@@ -319,9 +320,10 @@ impl Supervisor {
         let process = match blocking(move || driver.start(&p, &spec)).await? {
             Ok(process) => process,
             Err(e) => {
-                let msg = format!("start failed: {e}");
-                self.set_state(vm, VmState::Crashed, Some(msg.clone()))?;
-                return Err(OpError::Driver(msg));
+                // No process was made: the VM is as it was.
+                vm.exit_status = before.1;
+                self.set_state(vm, before.0, before.2)?;
+                return Err(OpError::Driver(format!("start failed: {e}")));
             }
         };
         vm.pid = Some(process.pid);

@@ -15,6 +15,16 @@ fn snapshot(d: &Daemon) -> Value {
     list
 }
 
+/// Method, path, body, expected status, text the error must hold, field it must name.
+type Case = (
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+    Option<&'static str>,
+);
+
 #[test]
 fn bad_requests_get_4xx_and_change_nothing() {
     let d = Daemon::start();
@@ -36,7 +46,7 @@ fn bad_requests_get_4xx_and_change_nothing() {
     let big = vec![b' '; (1 << 20) + 1];
 
     let post = "/api/v1/vms";
-    let cases: Vec<(&str, &str, Vec<u8>, u16, &str, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", post, b"{".to_vec(), 400, "not valid JSON", None),
         ("POST", post, b"".to_vec(), 400, "send a VM spec", None),
         (

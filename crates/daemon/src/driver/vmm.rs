@@ -186,9 +186,16 @@ impl Driver for PaddockVmm {
         if self.debug_exit {
             cmd.arg("--debug-exit");
         }
-        spawn_detached(cmd, socket).map_err(|e| DriverError::Spawn {
-            what: binary.display().to_string(),
-            message: e.to_string(),
+        spawn_detached(cmd, socket).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                "; give paddockd --vmm PATH or set PADDOCK_VMM"
+            } else {
+                ""
+            };
+            DriverError::Spawn {
+                what: binary.display().to_string(),
+                message: format!("{e}{hint}"),
+            }
         })
     }
 

@@ -1,0 +1,178 @@
+//! `paddock vm`: VMs through the daemon's REST API (`paddockd` on its Unix socket).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use paddock_api::client::Action;
+use paddock_api::{Client, ClientError, StopRequest};
+
+use crate::output::print_json;
+
+mod table;
+
+/// Options every `paddock vm` command takes.
+#[derive(Args, Debug)]
+pub struct VmArgs {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = "PADDOCK_SOCKET", default_value = paddock_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: VmCommand,
+}
+
+/// The VM subcommands.
+#[derive(Subcommand, Debug)]
+enum VmCommand {
+    /// Defines a VM from a spec file (JSON; `-` reads standard input).
+    Define {
+        /// The spec file.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Lists the VMs.
+    List,
+    /// Shows one VM with its spec.
+    Show {
+        /// The VM.
+        name: String,
+    },
+    /// Starts a VM and waits until its VMM answers.
+    Start {
+        /// The VM.
+        name: String,
+    },
+    /// Stops a VM: ACPI power button, then a hard stop after --timeout, then SIGKILL.
+    Stop {
+        /// The VM.
+        name: String,
+        /// Seconds the guest gets to power off (0: skip the power button).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Stops and starts a VM.
+    Restart {
+        /// The VM.
+        name: String,
+        /// Seconds the guest gets to power off.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Pauses a running VM.
+    Pause {
+        /// The VM.
+        name: String,
+    },
+    /// Resumes a paused VM.
+    Resume {
+        /// The VM.
+        name: String,
+    },
+    /// Deletes a VM that is not running, with its console log and runtime files.
+    Delete {
+        /// The VM.
+        name: String,
+    },
+    /// Prints the VM's serial console output so far.
+    Console {
+        /// The VM.
+        name: String,
+    },
+}
+
+/// Runs a `paddock vm` command.
+pub fn run(args: VmArgs) -> ExitCode {
+    let client = Client::new(&args.socket);
+    match execute(&client, args.command, args.json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if args.json {
+                let (status, field) = match &e {
+                    ClientError::Api { status, body } => (Some(*status), body.field.clone()),
+                    _ => (None, None),
+                };
+                print_json(&serde_json::json!({
+                    "error": e.to_string(), "field": field, "status": status
+                }));
+            } else {
+                eprintln!("paddock: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn read_spec(file: &PathBuf) -> Result<Vec<u8>, ClientError> {
+    let io_err = |e: std::io::Error| ClientError::Api {
+        status: 0,
+        body: paddock_api::ErrorBody {
+            error: format!("{}: {e}", file.display()),
+            field: None,
+        },
+    };
+    if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).map_err(io_err)?;
+        Ok(buf)
+    } else {
+        std::fs::read(file).map_err(io_err)
+    }
+}
+
+fn execute(client: &Client, command: VmCommand, json: bool) -> Result<(), ClientError> {
+    let show = |vm: paddock_api::Vm| {
+        if json {
+            print_json(&vm);
+        } else {
+            print!("{}", table::detail(&vm));
+        }
+    };
+    let stop = |timeout: Option<u64>| {
+        Some(StopRequest {
+            timeout_secs: timeout,
+        })
+    };
+    match command {
+        VmCommand::Define { file } => show(client.define_json(&read_spec(&file)?)?),
+        VmCommand::List => {
+            let vms = client.list()?;
+            if json {
+                print_json(&vms);
+            } else {
+                print!("{}", table::list(&vms));
+            }
+        }
+        VmCommand::Show { name } => show(client.get(&name)?),
+        VmCommand::Start { name } => show(client.action(&name, Action::Start, None)?),
+        VmCommand::Stop { name, timeout } => {
+            show(client.action(&name, Action::Stop, stop(timeout))?)
+        }
+        VmCommand::Restart { name, timeout } => {
+            show(client.action(&name, Action::Restart, stop(timeout))?)
+        }
+        VmCommand::Pause { name } => show(client.action(&name, Action::Pause, None)?),
+        VmCommand::Resume { name } => show(client.action(&name, Action::Resume, None)?),
+        VmCommand::Delete { name } => {
+            client.delete(&name)?;
+            if json {
+                print_json(&serde_json::json!({ "deleted": name }));
+            } else {
+                println!("deleted {name}");
+            }
+        }
+        VmCommand::Console { name } => {
+            use std::io::Write;
+            let log = client.console(&name)?;
+            if json {
+                print_json(&serde_json::json!({ "console": String::from_utf8_lossy(&log) }));
+            } else {
+                let _ = std::io::stdout().write_all(&log);
+            }
+        }
+    }
+    Ok(())
+}
