@@ -3,7 +3,8 @@
 # state directory (.cache/up/) with a demo VM under paddock-vmm, whose console output is shown.
 # The daemon is left running; the last lines say how to use `paddock` against it.
 #
-# The demo VM runs a Paddock test guest: on this project's development machines KVM is nested
+# The demo VM runs a Paddock test guest, which prints who and where it is and powers off (ACPI
+# S5), so the VM ends in the stopped state: on this project's development machines KVM is nested
 # through PVM, where stock Linux kernels cannot run under any VMM. (Linux guests run under the
 # QEMU driver, `crates/qemu`, which the daemon does not drive yet.)
 set -euo pipefail
@@ -37,7 +38,7 @@ if ! "$bin/paddock" vm show demo >/dev/null 2>&1; then
   "name": "demo",
   "cpus": {"count": 1},
   "memory": {"size_mib": 128},
-  "boot": {"kind": "kernel", "kernel": "$root/crates/testguest/target/release/wait",
+  "boot": {"kind": "kernel", "kernel": "$root/crates/testguest/target/release/hello",
            "cmdline": "paddock.demo=1"}
 }
 JSON
@@ -49,16 +50,18 @@ state_now=$("$bin/paddock" vm show demo --json | python3 -c 'import json,sys; pr
 echo "== console of the demo VM"
 for _ in $(seq 50); do
     out=$("$bin/paddock" vm console demo)
-    [ -n "$out" ] && break
+    case $out in *Hello*) break ;; esac
     sleep 0.1
 done
 printf '%s\n' "$out"
+"$bin/paddock" vm list
 cat <<MSG
 
 paddockd is running (log: .cache/up/paddockd.log). Use it with:
     export PADDOCK_SOCKET=$sock
     $bin/paddock vm list
-    $bin/paddock vm stop demo && $bin/paddock vm delete demo
+    $bin/paddock vm start demo && $bin/paddock vm console demo
+    $bin/paddock vm delete demo
     $bin/paddock image --help        # the disk engine works without the daemon
 Stop the daemon with: pkill -f '$bin/paddockd' (its VMs keep running; a restart re-attaches).
 MSG

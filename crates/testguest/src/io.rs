@@ -91,9 +91,17 @@ macro_rules! println {
     ($($arg:tt)*) => {{ $crate::print!($($arg)*); $crate::print!("\n"); }};
 }
 
-/// Ends the VM with `status` through the debug-exit port; spins if the VMM has none.
+/// ACPI PM1a control port (paddock-vmm's FADT names it).
+pub const PM1A_CNT: u16 = 0x604;
+
+/// Ends the VM with `status` through the debug-exit port. A VMM without that port gets an
+/// ACPI power-off (SLP_TYP 5 with SLP_EN on PM1a), so the guest never spins forever.
 pub fn exit(status: u32) -> ! {
     outl(DEBUG_EXIT, status);
+    // Still running: there is no debug-exit device.
+    let s5 = (5u16 << 10) | (1 << 13);
+    // SAFETY: port I/O has no memory effects.
+    unsafe { core::arch::asm!("out dx, ax", in("dx") PM1A_CNT, in("ax") s5, options(nomem, nostack)) }
     loop {
         core::hint::spin_loop();
     }
