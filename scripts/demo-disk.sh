@@ -11,7 +11,8 @@ rm -rf "$demo" && mkdir -p "$demo"
 # A 1 GiB demo disk with some data, holes and text.
 truncate -s 1G "$demo/disk.raw"
 head -c 64M /dev/urandom | dd of="$demo/disk.raw" conv=notrunc bs=1M seek=100 status=none
-yes "paddock demo disk" | head -c 8M | dd of="$demo/disk.raw" conv=notrunc bs=1M seek=500 status=none
+python3 -c 'import sys; sys.stdout.buffer.write((b"paddock demo disk\n" * 500000)[: 8 << 20])' |
+    dd of="$demo/disk.raw" conv=notrunc bs=1M seek=500 status=none
 "$bin" image info "$demo/disk.raw"
 prev="$demo/disk.raw"; prevfmt=raw
 for spec in "qcow2:" "vmdk:subformat=streamOptimized" "vhdx:" "vpc:" "vdi:" "qcow2:compression_type=zstd"; do
