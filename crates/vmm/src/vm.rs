@@ -104,9 +104,21 @@ fn build_pci(cfg: &VmConfig, mem: &GuestMem, kvm: &Arc<KvmVm>) -> Result<Pci, Vm
         devices.push(("virtio-rng0".into(), Box::new(Rng)));
     }
     let mut host_devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    let _nic_counters = cfg.host.build(&mut host_devices).map_err(VmError::Device)?;
-    for (i, dev) in host_devices.into_iter().enumerate() {
-        devices.push((format!("virtio-{}{i}", dev.name()), dev));
+    let nic_counters = cfg.host.build(&mut host_devices).map_err(VmError::Device)?;
+    // Names count per kind (virtio-net0, virtio-net1, virtio-vsock0, ...); NICs come first,
+    // in the order of their counters.
+    let mut per_kind: std::collections::BTreeMap<String, usize> = Default::default();
+    for dev in host_devices {
+        let n = per_kind.entry(dev.name().to_string()).or_default();
+        let name = format!("virtio-{}{n}", dev.name());
+        *n += 1;
+        devices.push((name, dev));
+    }
+    for (i, c) in nic_counters.into_iter().enumerate() {
+        counters.push(DeviceCounters {
+            name: format!("virtio-net{i}"),
+            source: c,
+        });
     }
     let mut infos = vec![DeviceInfo {
         name: "host-bridge".into(),

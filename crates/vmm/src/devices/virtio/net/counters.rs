@@ -31,3 +31,36 @@ impl NetCounters {
         c.load(Ordering::Relaxed)
     }
 }
+
+impl crate::api::CounterSource for NetCounters {
+    fn counters(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        std::collections::BTreeMap::from([
+            ("rx_packets", g(&self.rx_packets)),
+            ("rx_bytes", g(&self.rx_bytes)),
+            ("rx_dropped", g(&self.rx_dropped)),
+            ("tx_packets", g(&self.tx_packets)),
+            ("tx_bytes", g(&self.tx_bytes)),
+            ("tx_dropped", g(&self.tx_dropped)),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+    use crate::api::CounterSource;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn counters_are_reported_by_name_to_the_control_api() {
+        let c = NetCounters::default();
+        c.rx_bytes.store(1500, Ordering::Relaxed);
+        c.tx_packets.store(3, Ordering::Relaxed);
+        let m = CounterSource::counters(&c);
+        assert_eq!(m["rx_bytes"], 1500);
+        assert_eq!(m["tx_packets"], 3);
+        assert_eq!(m["rx_dropped"], 0);
+        assert_eq!(m.len(), 6);
+    }
+}
