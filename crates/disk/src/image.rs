@@ -220,13 +220,23 @@ pub trait CompressedWrite: Sync {
     /// The unit of compression in bytes (cluster or grain size).
     fn compressed_unit(&self) -> u64;
 
-    /// Compresses one unit of data. Pure function of its input; safe to call in parallel.
+    /// Compresses one unit of data. Pure function of its input; safe to call in parallel. An
+    /// empty result means "not worth compressing": the format then stores the data as is.
     fn compress(&self, data: &[u8]) -> Result<Vec<u8>>;
 
     /// Stores one unit at guest offset `offset` (unit-aligned); `compressed` is what
     /// [`CompressedWrite::compress`] returned for `raw`. The format may store `raw` instead
     /// when compression does not pay.
     fn write_compressed(&self, offset: u64, raw: &[u8], compressed: &[u8]) -> Result<()>;
+
+    /// Stores several units at once (each as [`CompressedWrite::write_compressed`] would), so
+    /// a format can allocate, write and update its tables for the whole batch in one go.
+    fn write_compressed_batch(&self, units: &[(u64, &[u8], &[u8])]) -> Result<()> {
+        for &(offset, raw, compressed) in units {
+            self.write_compressed(offset, raw, compressed)?;
+        }
+        Ok(())
+    }
 
     /// True when units must be stored in increasing offset order (stream formats).
     fn requires_sequential(&self) -> bool {

@@ -339,14 +339,18 @@ fn process_chunk(
             }
             let comp = cw.compress(piece)?;
             written += piece.len() as u64;
-            if cw.requires_sequential() {
-                units.push((off, piece.to_vec(), comp));
-            } else {
-                cw.write_compressed(off, piece, &comp)?;
-            }
+            units.push((off, piece.to_vec(), comp));
         }
-        let ready = cw.requires_sequential().then_some(Ready::Units(units));
-        return Ok((written, zero, ready));
+        if cw.requires_sequential() {
+            return Ok((written, zero, Some(Ready::Units(units))));
+        }
+        // One batch per chunk: the format allocates and updates its tables once.
+        let batch: Vec<(u64, &[u8], &[u8])> = units
+            .iter()
+            .map(|(o, r, c)| (*o, r.as_slice(), c.as_slice()))
+            .collect();
+        cw.write_compressed_batch(&batch)?;
+        return Ok((written, zero, None));
     }
     if granularity == 0 {
         dst.write_at(buf, c.offset)?;

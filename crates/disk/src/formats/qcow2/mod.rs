@@ -213,6 +213,9 @@ impl BlockImage for Qcow2Image {
     }
 }
 
+/// Bytes of a cluster compressed on trial to spot incompressible data (`Fast` level only).
+const SAMPLE: usize = 4096;
+
 impl CompressedWrite for Qcow2Image {
     fn compressed_unit(&self) -> u64 {
         self.geo.cs
@@ -226,12 +229,28 @@ impl CompressedWrite for Qcow2Image {
                 self.geo.cs
             )));
         }
+        // Incompressible data (already compressed or encrypted guest files) is common and
+        // costly to deflate: a trial on the first 4 KiB decides, and an empty result tells
+        // `write_compressed` to store the cluster as it is.
+        if self.level() == CompressionLevel::Fast && data.len() >= 2 * SAMPLE {
+            let trial = compress::compress(self.compression, &data[..SAMPLE], self.level())?;
+            if trial.len() * 100 >= SAMPLE * 97 {
+                return Ok(Vec::new());
+            }
+        }
         if (data.len() as u64) < self.geo.cs {
             let mut padded = data.to_vec();
             padded.resize(self.geo.cs as usize, 0);
             return compress::compress(self.compression, &padded, self.level());
         }
         compress::compress(self.compression, data, self.level())
+    }
+
+    fn write_compressed_batch(&self, units: &[(u64, &[u8], &[u8])]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::read_only("qcow2 image is opened read-only"));
+        }
+        self.write_compressed_clusters(units)
     }
 
     fn set_level(&self, level: CompressionLevel) {

@@ -428,6 +428,86 @@ impl Qcow2Image {
         self.free_entry(&mut m, old)
     }
 
+    /// Stores a batch of clusters as compressed clusters: every unit's bytes are allocated
+    /// first, the data goes out in one write per run of contiguous host bytes, then the L2
+    /// entries in one write per run of neighbouring entries. Units that compression does not
+    /// shrink are stored as normal clusters. Same ordering as the single-unit path: data
+    /// before the entries that point at it, on reserved (already counted) clusters.
+    pub(crate) fn write_compressed_clusters(&self, units: &[(u64, &[u8], &[u8])]) -> Result<()> {
+        let cs = self.geo.cs;
+        let mut packed: Vec<(u64, &[u8])> = Vec::with_capacity(units.len());
+        for &(offset, raw, compressed) in units {
+            if offset % cs != 0 || raw.len() as u64 > cs {
+                return Err(Error::invalid(format!(
+                    "compressed write at offset {offset} length {} is not one aligned cluster",
+                    raw.len()
+                )));
+            }
+            crate::image::check_range(offset, raw.len() as u64, self.size())?;
+            if compressed.is_empty() || compressed.len() as u64 >= cs {
+                self.write_guest(raw, offset)?;
+            } else {
+                packed.push((offset / cs, compressed));
+            }
+        }
+        if packed.is_empty() {
+            return Ok(());
+        }
+        let st = self.storage();
+        let mut m = self.lock();
+        self.begin_change(&mut m)?;
+        let mut placed: Vec<(u64, u64, u64)> = Vec::with_capacity(packed.len());
+        for &(gc, data) in &packed {
+            let len = data.len() as u64;
+            let host = m.rc.alloc_compressed(st, len)?;
+            m.guard_data_write(st, host, len)?;
+            placed.push((gc, host, len));
+        }
+        let mut i = 0;
+        while i < placed.len() {
+            let mut j = i + 1;
+            while j < placed.len() && placed[j - 1].1 + placed[j - 1].2 == placed[j].1 {
+                j += 1;
+            }
+            let at = placed[i].1;
+            if j == i + 1 {
+                st.write_all_at(packed[i].1, at)
+            } else {
+                let run: Vec<u8> = packed[i..j]
+                    .iter()
+                    .flat_map(|(_, d)| d.iter().copied())
+                    .collect();
+                st.write_all_at(&run, at)
+            }
+            .ctx(|| format!("writing compressed data at host offset {at:#x}"))?;
+            i = j;
+        }
+        let per_l2 = self.geo.l2_entries;
+        let mut k = 0;
+        while k < placed.len() {
+            let (gc, _, _) = placed[k];
+            let l2 = self.l2_for_write(&mut m, gc)?;
+            let first = gc % per_l2;
+            let mut olds = Vec::new();
+            let mut n = 0;
+            while k + n < placed.len() {
+                let (g, host, len) = placed[k + n];
+                if g != gc + n as u64 || g / per_l2 != gc / per_l2 {
+                    break;
+                }
+                olds.push(m.entry(st, g)?);
+                m.l2(st, l2)?[(g % per_l2) as usize] = self.geo.compressed_entry(host, len);
+                n += 1;
+            }
+            m.write_l2_entries(st, l2, first, n as u64)?;
+            for old in olds {
+                self.free_entry(&mut m, old)?;
+            }
+            k += n;
+        }
+        Ok(())
+    }
+
     /// Grows the L1 table to `need` entries (new table at the end of the file).
     fn grow_l1(&self, m: &mut Meta, need: u64) -> Result<()> {
         let st = self.storage();
