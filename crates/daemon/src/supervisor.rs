@@ -117,30 +117,24 @@ impl Supervisor {
             })
     }
 
-    /// The driver for a new VM: `requested`, or else the first that can run `spec` (the
-    /// default driver's refusal when none can).
+    /// The driver for a new VM: `requested`, else the default (the first); it must accept
+    /// `spec`. No automatic fallback: a spec the default refuses is refused, naming the
+    /// feature, so a VM never silently changes hypervisor.
     fn choose_driver(
         &self,
         requested: Option<&str>,
         spec: &VmSpec,
     ) -> Result<Arc<dyn Driver>, OpError> {
-        if let Some(name) = requested {
-            let d = self.driver_named(name)?;
-            d.check(spec)?;
-            return Ok(d);
-        }
-        let mut first_refusal = None;
-        for d in &self.drivers {
-            match d.check(spec) {
-                Ok(()) => return Ok(d.clone()),
-                Err(u) => {
-                    first_refusal.get_or_insert(u);
-                }
-            }
-        }
-        Err(first_refusal
-            .map(OpError::from)
-            .unwrap_or_else(|| OpError::Internal("no driver is configured".into())))
+        let d = match requested {
+            Some(name) => self.driver_named(name)?,
+            None => self
+                .drivers
+                .first()
+                .cloned()
+                .ok_or_else(|| OpError::Internal("no driver is configured".into()))?,
+        };
+        d.check(spec)?;
+        Ok(d)
     }
 
     /// The driver VM `vm` was defined with.
@@ -235,8 +229,7 @@ impl Supervisor {
     }
 
     /// Defines a VM from `spec` (already parsed; validated here).
-    /// `driver` picks the driver by name; without it the first driver that can run the
-    /// spec is taken.
+    /// `driver` picks the driver by name (`paddock-vmm`, the default, or `qemu`).
     pub async fn define(
         &self,
         uid: Option<u32>,
