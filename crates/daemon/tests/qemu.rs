@@ -70,7 +70,7 @@ fn linux_under_qemu_boots_pauses_resumes_and_powers_off() {
             return;
         }
     };
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     let disk = d.dir.path().join("data.qcow2");
     let made = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
@@ -94,11 +94,14 @@ fn linux_under_qemu_boots_pauses_resumes_and_powers_off() {
         },
         "disks": [{ "path": disk, "format": "qcow2" }],
     });
-    let c = d.client();
-    let vm = c.define_json(spec.to_string().as_bytes()).expect("define");
+    let vm = d
+        .client()
+        .define_json(spec.to_string().as_bytes())
+        .expect("define");
     assert_eq!(vm.driver, "qemu");
     assert_eq!(vm.state, VmState::Defined);
 
+    let c = d.client();
     let vm = c.action("linux", Action::Start, None).unwrap();
     let mut guard = KillOnDrop(vm.pid);
     assert_eq!(vm.state, VmState::Running, "{vm:?}");
@@ -121,6 +124,15 @@ fn linux_under_qemu_boots_pauses_resumes_and_powers_off() {
     assert_eq!(c.get("linux").unwrap().state, VmState::Paused);
     let vm = c.action("linux", Action::Resume, None).unwrap();
     assert_eq!(vm.state, VmState::Running);
+
+    // A new daemon re-attaches to the running QEMU by pid and QMP socket.
+    drop(c);
+    d.restart();
+    let c = d.client();
+    let vm = c.get("linux").unwrap();
+    assert_eq!(vm.state, VmState::Running, "{vm:?}");
+    assert_eq!(vm.pid, Some(pid));
+    assert!(vm.message.unwrap_or_default().contains("re-attached"));
 
     // The initramfs powers off on the ACPI power button.
     let stop = StopRequest {
