@@ -74,13 +74,18 @@ fn paths() -> Value {
         },
         "post": {
             "operationId": "defineVm", "summary": "Defines a VM from a spec; it starts in state `defined`.",
-            "requestBody": { "required": true, "content": { "application/json": { "schema": schema_ref("VmSpec") } } },
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "description": "A VmSpec, plus an optional top-level `driver` that picks the hypervisor.",
+                "allOf": [schema_ref("VmSpec"), { "type": "object", "properties": {
+                    "driver": { "type": "string", "enum": ["paddock-vmm", "qemu"], "default": "paddock-vmm" }
+                } }]
+            } } } },
             "responses": {
                 "201": json_response("The new VM.", schema_ref("Vm")),
                 "400": error_response("Not JSON, or not a VmSpec (unknown or missing field, wrong type)."),
                 "409": error_response("A VM with that name exists."),
                 "413": error_response("The body is over 1 MiB."),
-                "422": error_response("The spec does not validate, or the driver cannot run it; `field` names the field."),
+                "422": error_response("The spec does not validate, the driver is unknown, or the driver cannot run it; `field` names the field."),
             }
         }
     }));

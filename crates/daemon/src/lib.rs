@@ -19,7 +19,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use tokio::net::UnixListener;
 
+use crate::driver::qemu::Qemu;
 use crate::driver::vmm::{find_vmm, PaddockVmm};
+use crate::driver::Driver;
 use crate::peer::Peer;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
@@ -75,10 +77,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(p) => eprintln!("paddockd: VMM {}", p.display()),
         None => eprintln!("paddockd: paddock-vmm not found (--vmm, PADDOCK_VMM, next to paddockd, PATH); VMs cannot start"),
     }
-    let driver = Arc::new(PaddockVmm::new(vmm, config.vmm_debug_exit));
+    let drivers: Vec<Arc<dyn Driver>> = vec![
+        Arc::new(PaddockVmm::new(vmm, config.vmm_debug_exit)),
+        Arc::new(Qemu::new(
+            std::env::var_os("PADDOCK_QEMU")
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| "qemu-system-x86_64".into(), PathBuf::from),
+        )),
+    ];
     let sup = Arc::new(Supervisor::new(
         store,
-        driver,
+        drivers,
         config.state_dir.clone(),
         config.run_dir.clone(),
     ));

@@ -118,8 +118,21 @@ async fn define(State(sup): Sup, ConnectInfo(peer): Who, body: Body) -> Result<R
             "send a VM spec as the JSON body".into(),
         ));
     }
-    let spec: VmSpec = parse(&bytes, "VM spec")?;
-    let vm = sup.define(peer.uid, spec).await?;
+    // An optional top-level `driver` (`paddock-vmm`, `qemu`) beside the spec's fields.
+    let mut body: serde_json::Value = parse(&bytes, "VM spec")?;
+    let driver = match body.as_object_mut().and_then(|o| o.remove("driver")) {
+        None => None,
+        Some(serde_json::Value::String(d)) => Some(d),
+        Some(_) => {
+            return Err(OpError::Invalid {
+                field: "driver".into(),
+                message: "a driver name: paddock-vmm or qemu".into(),
+            })
+        }
+    };
+    let spec: VmSpec = serde_json::from_value(body)
+        .map_err(|e| OpError::BadRequest(format!("the body is not a valid VM spec: {e}")))?;
+    let vm = sup.define(peer.uid, spec, driver).await?;
     Ok((StatusCode::CREATED, Json(vm)).into_response())
 }
 

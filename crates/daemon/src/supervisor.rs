@@ -57,7 +57,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// The supervisor.
 pub struct Supervisor {
     store: Store,
-    driver: Arc<dyn Driver>,
+    drivers: Vec<Arc<dyn Driver>>,
     state_dir: PathBuf,
     run_dir: PathBuf,
     locks: Mutex<HashMap<Uuid, Arc<AsyncMutex<()>>>>,
@@ -66,17 +66,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor over `store`, running VMs with `driver`, keeping files under
-    /// `state_dir/vms/<id>` and sockets under `run_dir/vms/<id>`.
+    /// A supervisor over `store`, running VMs with `drivers` (the first is the default),
+    /// keeping files under `state_dir/vms/<id>` and sockets under `run_dir/vms/<id>`.
     pub fn new(
         store: Store,
-        driver: Arc<dyn Driver>,
+        drivers: Vec<Arc<dyn Driver>>,
         state_dir: PathBuf,
         run_dir: PathBuf,
     ) -> Self {
         Supervisor {
             store,
-            driver,
+            drivers,
             state_dir,
             run_dir,
             locks: Mutex::new(HashMap::new()),
@@ -96,6 +96,50 @@ impl Supervisor {
             dir: self.state_dir.join("vms").join(id.to_string()),
             run: self.run_dir.join("vms").join(id.to_string()),
         }
+    }
+
+    /// The driver named `name`.
+    fn driver_named(&self, name: &str) -> Result<Arc<dyn Driver>, OpError> {
+        self.drivers
+            .iter()
+            .find(|d| d.name() == name)
+            .cloned()
+            .ok_or_else(|| OpError::Invalid {
+                field: "driver".into(),
+                message: format!(
+                    "no driver '{name}'; this daemon has {}",
+                    self.drivers
+                        .iter()
+                        .map(|d| d.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    /// The driver for a new VM: `requested`, else the default (the first); it must accept
+    /// `spec`. No automatic fallback: a spec the default refuses is refused, naming the
+    /// feature, so a VM never silently changes hypervisor.
+    fn choose_driver(
+        &self,
+        requested: Option<&str>,
+        spec: &VmSpec,
+    ) -> Result<Arc<dyn Driver>, OpError> {
+        let d = match requested {
+            Some(name) => self.driver_named(name)?,
+            None => self
+                .drivers
+                .first()
+                .cloned()
+                .ok_or_else(|| OpError::Internal("no driver is configured".into()))?,
+        };
+        d.check(spec)?;
+        Ok(d)
+    }
+
+    /// The driver VM `vm` was defined with.
+    fn driver_of(&self, vm: &Vm) -> Result<Arc<dyn Driver>, OpError> {
+        self.driver_named(&vm.driver)
     }
 
     fn lock_of(&self, id: Uuid) -> Arc<AsyncMutex<()>> {
@@ -133,7 +177,8 @@ impl Supervisor {
     /// The VMM's view of VM `id` when it has a process.
     pub async fn runtime_status(&self, id: Uuid) -> Option<Status> {
         let live = self.live_of(id)?;
-        let driver = self.driver.clone();
+        let vm = self.store.by_id(id).ok()??;
+        let driver = self.driver_of(&vm).ok()?;
         blocking(move || driver.status(&live.process).ok())
             .await
             .ok()
@@ -184,26 +229,32 @@ impl Supervisor {
     }
 
     /// Defines a VM from `spec` (already parsed; validated here).
-    pub async fn define(&self, uid: Option<u32>, spec: VmSpec) -> Result<Vm, OpError> {
+    /// `driver` picks the driver by name (`paddock-vmm`, the default, or `qemu`).
+    pub async fn define(
+        &self,
+        uid: Option<u32>,
+        spec: VmSpec,
+        driver: Option<String>,
+    ) -> Result<Vm, OpError> {
         let name = spec.name.clone();
-        let r = self.define_inner(spec);
+        let r = self.define_inner(spec, driver.as_deref());
         self.audit(uid, "define", &name, &r);
         r
     }
 
-    fn define_inner(&self, spec: VmSpec) -> Result<Vm, OpError> {
+    fn define_inner(&self, spec: VmSpec, driver: Option<&str>) -> Result<Vm, OpError> {
         spec.validate().map_err(|e| OpError::Invalid {
             field: e.field,
             message: e.message,
         })?;
-        self.driver.check(&spec)?;
+        let driver = self.choose_driver(driver, &spec)?;
         let time = now();
         let vm = Vm {
             id: Uuid::new_v4(),
             name: spec.name.clone(),
             spec,
             state: VmState::Defined,
-            driver: self.driver.name().to_string(),
+            driver: driver.name().to_string(),
             created_at: time.clone(),
             updated_at: time,
             pid: None,
@@ -287,7 +338,7 @@ impl Supervisor {
                 let live = self.live_of(id).ok_or_else(|| {
                     OpError::Internal(format!("VM '{name}' has no process handle"))
                 })?;
-                let driver = self.driver.clone();
+                let driver = self.driver_of(&vm)?;
                 let pause = request == Request::Pause;
                 blocking(move || {
                     if pause {
@@ -311,13 +362,14 @@ impl Supervisor {
 
     /// Starts `vm` (its lock held) and waits until its control socket answers.
     async fn start_locked(self: &Arc<Self>, vm: &mut Vm) -> Result<(), OpError> {
-        self.driver.check(&vm.spec)?;
+        let driver = self.driver_of(vm)?;
+        driver.check(&vm.spec)?;
         let before = (vm.state, vm.exit_status, vm.message.clone());
         vm.exit_status = None;
         self.set_state(vm, VmState::Starting, None)?;
         let paths = self.paths(vm.id);
-        let (driver, spec, p) = (self.driver.clone(), vm.spec.clone(), paths.clone());
-        let process = match blocking(move || driver.start(&p, &spec)).await? {
+        let (d, spec, p) = (driver.clone(), vm.spec.clone(), paths.clone());
+        let process = match blocking(move || d.start(&p, &spec)).await? {
             Ok(process) => process,
             Err(e) => {
                 // No process was made: the VM is as it was.
@@ -336,13 +388,13 @@ impl Supervisor {
             if let Some(code) = exited {
                 return self.exited_during_start(vm, &paths, code);
             }
-            let (driver, l) = (self.driver.clone(), live.clone());
-            match blocking(move || driver.status(&l.process)).await? {
+            let (d, l) = (driver.clone(), live.clone());
+            match blocking(move || d.status(&l.process)).await? {
                 Ok(_) => break,
                 Err(e) if Instant::now() >= deadline => {
-                    let driver = self.driver.clone();
+                    let d = driver.clone();
                     let l = live.clone();
-                    let _ = blocking(move || driver.kill(&l.process)).await;
+                    let _ = blocking(move || d.kill(&l.process)).await;
                     live.exited(Duration::from_secs(10)).await;
                     self.forget_live(vm.id);
                     let msg = format!(
@@ -402,7 +454,7 @@ impl Supervisor {
         };
         let before = vm.state;
         self.set_state(vm, VmState::Stopping, None)?;
-        let (driver, l) = (self.driver.clone(), live.clone());
+        let (driver, l) = (self.driver_of(vm)?, live.clone());
         match blocking(move || driver.stop(&l.process, timeout)).await? {
             Ok(outcome) => {
                 vm.exit_status = live.exited(Duration::from_secs(10)).await.flatten();
@@ -470,7 +522,7 @@ impl Supervisor {
                 continue;
             }
             let paths = self.paths(vm.id);
-            let driver = self.driver.clone();
+            let driver = self.driver_of(&vm)?;
             let pid = vm.pid;
             let attached = blocking(move || {
                 let pid = pid.ok_or_else(|| "no pid was recorded".to_string())?;

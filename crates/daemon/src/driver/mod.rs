@@ -1,10 +1,11 @@
-//! Drivers: how the daemon runs a VM. One trait, one process per VM; `paddock-vmm` is the
-//! first implementation and a QEMU/QMP driver can implement the same trait.
+//! Drivers: how the daemon runs a VM. One trait, one process per VM; `paddock-vmm` and
+//! QEMU (over QMP) implement it.
 //!
 //! Every method blocks (process spawns, socket round trips, waiting for exit); the
 //! supervisor calls them on tokio's blocking pool.
 
 pub mod process;
+pub mod qemu;
 pub mod vmm;
 
 use std::path::PathBuf;
