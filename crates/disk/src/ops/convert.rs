@@ -327,7 +327,8 @@ fn process_chunk(
     let mut written = 0u64;
     let mut zero = 0u64;
     if let Some(cw) = compressed {
-        let mut units = Vec::new();
+        // (guest offset, index of the unit in `buf`, compressed bytes)
+        let mut units: Vec<(u64, usize, Vec<u8>)> = Vec::new();
         for (i, piece) in buf.chunks(unit as usize).enumerate() {
             let off = c.offset + i as u64 * unit;
             if is_zero(piece) {
@@ -339,15 +340,21 @@ fn process_chunk(
             }
             let comp = cw.compress(piece)?;
             written += piece.len() as u64;
-            units.push((off, piece.to_vec(), comp));
+            units.push((off, i, comp));
         }
+        let pieces: Vec<&[u8]> = buf.chunks(unit as usize).collect();
         if cw.requires_sequential() {
-            return Ok((written, zero, Some(Ready::Units(units))));
+            // The ordered writer runs on another thread: it gets its own copies.
+            let owned = units
+                .into_iter()
+                .map(|(o, i, comp)| (o, pieces[i].to_vec(), comp))
+                .collect();
+            return Ok((written, zero, Some(Ready::Units(owned))));
         }
         // One batch per chunk: the format allocates and updates its tables once.
         let batch: Vec<(u64, &[u8], &[u8])> = units
             .iter()
-            .map(|(o, r, c)| (*o, r.as_slice(), c.as_slice()))
+            .map(|(o, i, comp)| (*o, pieces[*i], comp.as_slice()))
             .collect();
         cw.write_compressed_batch(&batch)?;
         return Ok((written, zero, None));
