@@ -138,6 +138,8 @@ const TARGETS: &[(&str, &str, &str, bool)] = &[
     ),
     ("qcow2-zlib", "qcow2", "", true),
     ("qcow2-zstd", "qcow2", "compression_type=zstd", true),
+    // 512-byte clusters: each 2 MiB chunk's batch spans many L2 tables.
+    ("qcow2-c512-zlib", "qcow2", "cluster_size=512", true),
     ("vmdk-sparse", "vmdk", "", false),
     ("vmdk-stream", "vmdk", "subformat=streamOptimized", false),
     ("vmdk-flat", "vmdk", "subformat=monolithicFlat", false),
