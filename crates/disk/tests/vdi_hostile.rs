@@ -1,9 +1,9 @@
 //! Hostile VDI images: corrupted header fields and block maps, and truncation. Opening and
 //! using them must give an error or valid data, never a panic or a hang.
 
-use paddock_disk::{
-    create, open_storage, BlockImage, CreateOptions, ErrorKind, Format, MemStorage, OpenContext,
-};
+mod common;
+
+use paddock_disk::{create, BlockImage, CreateOptions, ErrorKind, Format};
 
 fn valid_images() -> Vec<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
@@ -22,15 +22,7 @@ fn valid_images() -> Vec<Vec<u8>> {
 }
 
 fn open_mem(bytes: &[u8], writable: bool) -> paddock_disk::Result<Box<dyn BlockImage>> {
-    let storage: Box<dyn paddock_disk::Storage> = if writable {
-        Box::new(MemStorage::new(
-            bytes.to_vec(),
-            bytes.len() as u64 + (16 << 20),
-        ))
-    } else {
-        Box::new(MemStorage::read_only(bytes.to_vec()))
-    };
-    open_storage(storage, Some(Format::Vdi), &OpenContext::isolated(writable))
+    common::open_mem(bytes, Format::Vdi, writable)
 }
 
 fn exercise(img: &dyn BlockImage) {

@@ -1,9 +1,9 @@
 //! Hostile VHD images: corrupted footers, dynamic headers and BATs, and truncation. Opening
 //! and using them must give an error or valid data, never a panic or a hang.
 
-use paddock_disk::{
-    create, open_storage, BlockImage, CreateOptions, ErrorKind, Format, MemStorage, OpenContext,
-};
+mod common;
+
+use paddock_disk::{create, BlockImage, CreateOptions, ErrorKind, Format};
 
 /// A small dynamic image with some data, and a fixed one, made by our writer.
 fn valid_images() -> Vec<Vec<u8>> {
@@ -29,15 +29,7 @@ fn sum_checksum(b: &mut [u8], field: usize) {
 }
 
 fn open_mem(bytes: &[u8], writable: bool) -> paddock_disk::Result<Box<dyn BlockImage>> {
-    let storage: Box<dyn paddock_disk::Storage> = if writable {
-        Box::new(MemStorage::new(
-            bytes.to_vec(),
-            bytes.len() as u64 + (64 << 20),
-        ))
-    } else {
-        Box::new(MemStorage::read_only(bytes.to_vec()))
-    };
-    open_storage(storage, Some(Format::Vpc), &OpenContext::isolated(writable))
+    common::open_mem(bytes, Format::Vpc, writable)
 }
 
 /// Uses an opened image every way the engine would; errors are fine, panics are not.

@@ -290,3 +290,22 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
         .position(|(x, y)| x != y)
         .or((a.len() != b.len()).then_some(a.len().min(b.len())))
 }
+
+/// Opens untrusted `bytes` as `format` on memory storage: read-only, or writable with room to
+/// grow by 64 MiB.
+pub fn open_mem(
+    bytes: &[u8],
+    format: Format,
+    writable: bool,
+) -> paddock_disk::Result<Box<dyn paddock_disk::BlockImage>> {
+    use paddock_disk::{open_storage, MemStorage, OpenContext, Storage};
+    let storage: Box<dyn Storage> = if writable {
+        Box::new(MemStorage::new(
+            bytes.to_vec(),
+            bytes.len() as u64 + (64 << 20),
+        ))
+    } else {
+        Box::new(MemStorage::read_only(bytes.to_vec()))
+    };
+    open_storage(storage, Some(format), &OpenContext::isolated(writable))
+}
