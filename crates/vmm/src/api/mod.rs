@@ -17,11 +17,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use seccompiler::BpfProgram;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::seccomp::{self, ThreadKind};
+use crate::seccomp::{self, ThreadFilter, ThreadKind};
 pub use routes::ROUTES;
 pub use state::{CounterSource, DeviceCounters, DeviceInfo, VmHandle, VmInfo};
 
@@ -86,7 +85,7 @@ impl ApiServer {
     pub fn start(
         socket: BoundSocket,
         vm: VmHandle,
-        filter: Option<BpfProgram>,
+        filter: Option<ThreadFilter>,
     ) -> std::io::Result<ApiServer> {
         let listener = socket.listener.try_clone()?;
         listener.set_nonblocking(true)?;

@@ -4,6 +4,13 @@
 //! (`SECCOMP_RET_KILL_PROCESS`, the process dies of SIGSYS). `--seccomp off` disables them,
 //! for debugging only.
 //!
+//! A second, small filter on every thread refuses `open`/`openat` with `EACCES` instead of
+//! killing: glibc opens `/proc/sys/vm/overcommit_memory` once, lazily, the first time a thread
+//! shrinks a per-thread malloc arena (which can happen in any thread at any time, depending on
+//! which thread frees what). Refused, glibc falls back to `madvise`; killed, the VM would die at
+//! random. The allow-lists therefore list `openat`; the kernel applies the most restrictive
+//! answer of all stacked filters, so the refusal wins and nothing can be opened.
+//!
 //! Filters stack across thread creation: device workers are started by the vCPU thread that
 //! writes DRIVER_OK, so they run under the vCPU filter *and* their own. The vCPU list therefore
 //! also holds what a worker needs (file I/O on disk images); the worker list narrows it back.
@@ -85,15 +92,30 @@ pub enum SeccompError {
     },
 }
 
-/// The compiled filters.
-pub struct Filters {
-    vmm: BpfProgram,
-    vcpu: BpfProgram,
-    worker: BpfProgram,
+/// The compiled filters of one thread kind: its allow-list and the refusals shared by all.
+#[derive(Debug, Clone)]
+pub struct ThreadFilter {
+    allow: BpfProgram,
+    refuse: BpfProgram,
 }
 
-/// Compiles the filter for `kind`.
-pub fn build(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+/// The compiled filters.
+pub struct Filters {
+    vmm: ThreadFilter,
+    vcpu: ThreadFilter,
+    worker: ThreadFilter,
+}
+
+/// Compiles the filters for `kind`.
+pub fn build(kind: ThreadKind) -> Result<ThreadFilter, SeccompError> {
+    Ok(ThreadFilter {
+        allow: build_allow_list(kind)?,
+        refuse: build_refusals(kind)?,
+    })
+}
+
+/// The allow-list: anything else kills the process.
+fn build_allow_list(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let err = |source| SeccompError::Build { kind, source };
     let arch = std::env::consts::ARCH
         .try_into()
@@ -120,8 +142,8 @@ impl Filters {
         })
     }
 
-    /// The program for `kind`.
-    pub fn get(&self, kind: ThreadKind) -> &BpfProgram {
+    /// The filters for `kind`.
+    pub fn get(&self, kind: ThreadKind) -> &ThreadFilter {
         match kind {
             ThreadKind::Main | ThreadKind::Api => &self.vmm,
             ThreadKind::Vcpu => &self.vcpu,
@@ -130,17 +152,39 @@ impl Filters {
     }
 }
 
-/// Installs `prog` on the calling thread.
-pub fn install(kind: ThreadKind, prog: &BpfProgram) -> Result<(), SeccompError> {
-    seccompiler::apply_filter(prog).map_err(|source| SeccompError::Install { kind, source })
+/// The refusals: the listed calls fail with `EACCES`, everything else is left to the
+/// allow-list.
+fn build_refusals(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let err = |source| SeccompError::Build { kind, source };
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| err(seccompiler::Error::Backend(e)))?;
+    let filter = SeccompFilter::new(
+        rules::refused(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        arch,
+    )
+    .map_err(|e| err(seccompiler::Error::Backend(e)))?;
+    filter
+        .try_into()
+        .map_err(|e| err(seccompiler::Error::Backend(e)))
 }
 
-static WORKER_FILTER: OnceLock<BpfProgram> = OnceLock::new();
+/// Installs `filter` on the calling thread.
+pub fn install(kind: ThreadKind, filter: &ThreadFilter) -> Result<(), SeccompError> {
+    for prog in [&filter.refuse, &filter.allow] {
+        seccompiler::apply_filter(prog).map_err(|source| SeccompError::Install { kind, source })?;
+    }
+    Ok(())
+}
+
+static WORKER_FILTER: OnceLock<ThreadFilter> = OnceLock::new();
 static SELFTEST: OnceLock<ThreadKind> = OnceLock::new();
 
-/// Makes every device worker started from now on install `prog` (set once per process).
-pub fn set_worker_filter(prog: BpfProgram) {
-    let _ = WORKER_FILTER.set(prog);
+/// Makes every device worker started from now on install `filter` (set once per process).
+pub fn set_worker_filter(filter: ThreadFilter) {
+    let _ = WORKER_FILTER.set(filter);
 }
 
 /// Called first in each device worker thread: installs the worker filter if one was set.
@@ -163,6 +207,14 @@ pub fn selftest_point(kind: ThreadKind) {
     if SELFTEST.get() != Some(&kind) {
         return;
     }
+    // What glibc's malloc opens lazily: refused, not fatal.
+    match std::fs::File::open("/proc/sys/vm/overcommit_memory") {
+        Ok(_) => eprintln!("paddock-vmm: seccomp self-test: open was allowed"),
+        Err(e) => eprintln!(
+            "paddock-vmm: seccomp self-test: the {kind} thread's open was refused: {}",
+            e.raw_os_error().unwrap_or(0)
+        ),
+    }
     eprintln!("paddock-vmm: seccomp self-test: the {kind} thread calls socket(AF_INET)");
     match std::net::UdpSocket::bind(("127.0.0.1", 0)) {
         Ok(_) => eprintln!("paddock-vmm: seccomp self-test: socket(AF_INET) was allowed"),
@@ -178,7 +230,8 @@ mod tests {
     fn every_filter_compiles_and_kinds_parse() {
         let f = Filters::build().unwrap();
         for k in ThreadKind::ALL {
-            assert!(!f.get(k).is_empty(), "{k}");
+            assert!(!f.get(k).allow.is_empty(), "{k}");
+            assert!(!f.get(k).refuse.is_empty(), "{k}");
             assert_eq!(ThreadKind::parse(k.name()).unwrap(), k);
         }
         assert!(ThreadKind::parse("gpu").is_err());
