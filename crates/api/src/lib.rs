@@ -6,8 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod client_storage;
 pub mod http;
 pub mod openapi;
+pub mod openapi_storage;
+pub mod storage;
 pub mod types;
 
 pub use client::{Client, ClientError};

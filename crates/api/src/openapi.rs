@@ -127,7 +127,7 @@ fn paths() -> Value {
     }}));
     p.insert("/api/v1/events".into(), json!({ "get": {
         "operationId": "getEvents",
-        "summary": "Server-Sent Events: `event: lifecycle` or `event: audit`, `data:` one Event as JSON.",
+        "summary": "Server-Sent Events: `event: lifecycle`, `event: audit` or `event: task`, `data:` one Event as JSON.",
         "responses": { "200": { "description": "An endless event stream.", "content": { "text/event-stream": { "schema": schema_ref("Event") } } } }
     }}));
     Value::Object(p)
@@ -154,8 +154,9 @@ fn spec_schemas() -> Value {
                     { "type": "object", "additionalProperties": false, "required": ["kind", "firmware"], "properties": {
                         "kind": { "type": "string", "enum": ["firmware"] },
                         "firmware": { "type": "string", "enum": ["bios", "uefi"] } } } ] },
-                "disks": { "type": "array", "items": { "type": "object", "additionalProperties": false, "required": ["path", "format"], "properties": {
+                "disks": { "type": "array", "items": { "type": "object", "additionalProperties": false, "description": "Either path and format, or volume.", "properties": {
                     "path": { "type": "string" },
+                    "volume": { "type": "string", "example": "pool/volume", "description": "A paddockd storage volume; resolved to path and format at definition." },
                     "format": { "type": "string", "enum": ["raw", "qcow2", "vmdk", "vpc", "vhd", "vhdx", "vdi"] },
                     "readonly": { "type": "boolean" }, "serial": { "type": "string", "maxLength": 20 } } } },
                 "nics": { "type": "array", "items": { "type": "object", "additionalProperties": false, "properties": {
@@ -200,9 +201,10 @@ pub fn document() -> Value {
             "action": { "type": "string", "example": "start" },
             "target": { "type": "string" },
             "result": { "type": "string", "description": "`ok` or the error answered." } } },
-        "Event": { "type": "object", "required": ["kind"], "description": "kind=lifecycle: time, vm, from, to, message; kind=audit: an AuditEntry's fields.",
+        "Event": { "type": "object", "required": ["kind"], "description": "kind=lifecycle: time, vm, from, to, message; kind=audit: an AuditEntry's fields; kind=task: task.",
             "properties": {
-                "kind": { "type": "string", "enum": ["lifecycle", "audit"] },
+                "kind": { "type": "string", "enum": ["lifecycle", "audit", "task"] },
+                "task": schema_ref("Task"),
                 "time": { "type": "string", "format": "date-time" },
                 "vm": { "type": "string" },
                 "from": schema_ref("VmState"),
@@ -211,6 +213,11 @@ pub fn document() -> Value {
     });
     if let (Some(m), Value::Object(spec)) = (schemas.as_object_mut(), spec_schemas()) {
         m.extend(spec);
+        m.extend(crate::openapi_storage::schemas());
+    }
+    let mut paths = paths();
+    if let Some(p) = paths.as_object_mut() {
+        p.extend(crate::openapi_storage::paths());
     }
     json!({
         "openapi": "3.0.3",
@@ -220,7 +227,7 @@ pub fn document() -> Value {
             "description": "HTTP/1.1 with JSON bodies on paddockd's Unix socket (default /run/paddock/paddockd.sock). Errors are {\"error\": \"...\", \"field\": \"...\"}. Request bodies are limited to 1 MiB."
         },
         "servers": [{ "url": "http://localhost", "description": "Unix socket (paddockd --socket PATH)" }],
-        "paths": paths(),
+        "paths": paths,
         "components": { "schemas": schemas }
     })
 }

@@ -167,14 +167,20 @@ pub enum Event {
     },
     /// An audit-log entry was written.
     Audit(AuditEntry),
+    /// A task started, made progress or ended.
+    Task {
+        /// The task as it stands.
+        task: crate::storage::Task,
+    },
 }
 
 impl Event {
-    /// The SSE event name: `lifecycle` or `audit`.
+    /// The SSE event name: `lifecycle`, `audit` or `task`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Lifecycle { .. } => "lifecycle",
             Event::Audit(_) => "audit",
+            Event::Task { .. } => "task",
         }
     }
 }

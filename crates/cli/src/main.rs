@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod image;
 mod output;
+mod storage;
 mod vm;
 
 /// Paddock: an open virtualization platform on Linux KVM.
@@ -28,6 +29,12 @@ enum Command {
     /// VMs through paddockd: define, list, show, start, stop, restart, pause, resume,
     /// delete, console.
     Vm(vm::VmArgs),
+    /// Storage pools through paddockd: define, list, show, delete.
+    Pool(storage::pool::PoolArgs),
+    /// Volumes in pools: create, import, clone, resize, delete, list, show.
+    Volume(storage::volume::VolumeArgs),
+    /// Background tasks (imports, clones): list, show, cancel, wait.
+    Task(storage::task::TaskArgs),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -40,6 +47,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Image(cmd) => image::run(*cmd),
         Command::Vm(args) => vm::run(args),
+        Command::Pool(args) => storage::pool::execute(args),
+        Command::Volume(args) => storage::volume::execute(args),
+        Command::Task(args) => storage::task::execute(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

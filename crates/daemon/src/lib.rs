@@ -9,8 +9,10 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod peer;
 pub mod routes;
+pub mod storage;
 pub mod store;
 pub mod supervisor;
+pub mod tasks;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -92,6 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.run_dir.clone(),
     ));
     sup.recover().await.context("re-attaching to running VMs")?;
+    tasks::recover(&sup).context("recording tasks a previous paddockd left running")?;
     let listener = bind(&config.socket)?;
     eprintln!("paddockd: listening on {}", config.socket.display());
     let app = routes::router(sup).into_make_service_with_connect_info::<Peer>();

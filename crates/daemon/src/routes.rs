@@ -32,7 +32,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
 
 type Sup = State<Arc<Supervisor>>;
 type Who = ConnectInfo<Peer>;
-type Body = Result<Bytes, BytesRejection>;
+pub(crate) type Body = Result<Bytes, BytesRejection>;
 
 /// The router over `sup`.
 pub fn router(sup: Arc<Supervisor>) -> Router {
@@ -44,7 +44,8 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
         .route(vm, get(show).delete(delete))
         .route(&format!("{vm}/console"), get(console))
         .route("/api/v1/audit", get(audit))
-        .route("/api/v1/events", get(events));
+        .route("/api/v1/events", get(events))
+        .merge(crate::storage::routes(sup.clone()));
     for request in [
         Request::Start,
         Request::Stop,
@@ -76,7 +77,7 @@ async fn method_not_allowed() -> Response {
 }
 
 /// The body, or the error a client should see.
-fn body_bytes(body: Body) -> Result<Bytes, OpError> {
+pub(crate) fn body_bytes(body: Body) -> Result<Bytes, OpError> {
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             OpError::TooLarge(format!("request body over {} bytes", BODY_LIMIT))
@@ -87,7 +88,7 @@ fn body_bytes(body: Body) -> Result<Bytes, OpError> {
 }
 
 /// Parses JSON, naming the position of a syntax error or the field serde refused.
-fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, OpError> {
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, OpError> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -200,7 +201,7 @@ async fn get_metrics(State(sup): Sup) -> Result<Response, OpError> {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&rows),
+        metrics::render(&rows) + &crate::storage::metrics::render(sup.store()),
     )
         .into_response())
 }

@@ -85,6 +85,11 @@ impl Supervisor {
         }
     }
 
+    /// The state store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// A receiver of every event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -185,12 +190,18 @@ impl Supervisor {
             .flatten()
     }
 
-    fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: Event) {
         // No subscribers is fine.
         let _ = self.events.send(event);
     }
 
-    fn audit<T>(&self, uid: Option<u32>, action: &str, target: &str, r: &Result<T, OpError>) {
+    pub(crate) fn audit<T>(
+        &self,
+        uid: Option<u32>,
+        action: &str,
+        target: &str,
+        r: &Result<T, OpError>,
+    ) {
         let result = match r {
             Ok(_) => "ok".to_string(),
             Err(e) => e.to_string(),
@@ -247,7 +258,9 @@ impl Supervisor {
             field: e.field,
             message: e.message,
         })?;
-        let driver = self.choose_driver(driver, &spec)?;
+        let _volumes = crate::storage::usage_lock();
+        let spec = crate::storage::resolve_spec(&self.store, spec)?;
+        let driver = self.choose_driver(driver, &spec.runnable())?;
         let time = now();
         let vm = Vm {
             id: Uuid::new_v4(),
@@ -363,12 +376,12 @@ impl Supervisor {
     /// Starts `vm` (its lock held) and waits until its control socket answers.
     async fn start_locked(self: &Arc<Self>, vm: &mut Vm) -> Result<(), OpError> {
         let driver = self.driver_of(vm)?;
-        driver.check(&vm.spec)?;
+        driver.check(&vm.spec.runnable())?;
         let before = (vm.state, vm.exit_status, vm.message.clone());
         vm.exit_status = None;
         self.set_state(vm, VmState::Starting, None)?;
         let paths = self.paths(vm.id);
-        let (d, spec, p) = (driver.clone(), vm.spec.clone(), paths.clone());
+        let (d, spec, p) = (driver.clone(), vm.spec.runnable(), paths.clone());
         let process = match blocking(move || d.start(&p, &spec)).await? {
             Ok(process) => process,
             Err(e) => {

@@ -36,6 +36,9 @@ fn unsupported(feature: impl Into<String>, reason: impl Into<String>) -> Error {
 /// cannot be opened, a path that is not UTF-8); returns the accelerator the VM will get.
 pub fn check(spec: &VmSpec, host: &Host) -> Result<AccelChoice, Error> {
     spec.validate()?;
+    if let Some(field) = spec.unresolved_volume() {
+        return Err(paddock_spec::SpecError::new(field, paddock_spec::UNRESOLVED_VOLUME).into());
+    }
     let accel = choose_accel(spec.accel, host)?;
     match &spec.boot {
         BootSpec::Kernel {
@@ -203,6 +206,7 @@ mod tests {
         .unwrap();
         let mut s = base.clone();
         s.disks.push(DiskSpec {
+            volume: None,
             path: vmdk,
             format: "vmdk".into(),
             readonly: false,
@@ -227,6 +231,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = spec(dir.path());
         s.disks.push(DiskSpec {
+            volume: None,
             path: dir.path().join("absent.qcow2"),
             format: "qcow2".into(),
             readonly: false,
@@ -234,6 +239,16 @@ mod tests {
         });
         match check(&s, &host()).unwrap_err() {
             Error::Io { path, .. } => assert!(path.ends_with("absent.qcow2")),
+            e => panic!("{e:?}"),
+        }
+        s.disks[0].path = Default::default();
+        s.disks[0].format = String::new();
+        s.disks[0].volume = Some("pool/v".into());
+        match check(&s, &host()).unwrap_err() {
+            Error::Spec(e) => assert!(
+                e.field == "disks[0].volume" && e.message.contains("resolved by paddockd"),
+                "{e}"
+            ),
             e => panic!("{e:?}"),
         }
         s.disks.clear();

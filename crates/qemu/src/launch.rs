@@ -112,6 +112,9 @@ pub fn build(
     accel: AccelChoice,
     host: &Host,
 ) -> Result<QemuCommand, Error> {
+    if let Some(field) = spec.unresolved_volume() {
+        return Err(paddock_spec::SpecError::new(field, paddock_spec::UNRESOLVED_VOLUME).into());
+    }
     let mut a: Vec<String> = Vec::new();
     let mut push = |list: &[&str]| a.extend(list.iter().map(|s| s.to_string()));
     push(&["-name", &format!("guest={},debug-threads=on", spec.name)]);

@@ -64,6 +64,7 @@ fn linux_guest_sees_its_disk_and_nic_pauses_resumes_reattaches_and_powers_off() 
     let disk = dir.path().join("disk.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "64M"]);
     spec.disks.push(paddock_spec::DiskSpec {
+        volume: None,
         path: disk,
         format: "qcow2".into(),
         readonly: false,

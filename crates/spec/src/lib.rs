@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -121,17 +121,30 @@ pub enum Firmware {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
-    /// Image file.
+    /// Image file. Give either this or [`DiskSpec::volume`]; paddockd fills it in from a
+    /// volume reference.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub path: PathBuf,
     /// Image format (`raw`, `qcow2`, ...); probed when absent is *not* allowed for VMs: a
-    /// guest-writable raw disk must never be re-read as another format.
+    /// guest-writable raw disk must never be re-read as another format. Empty with a volume
+    /// reference (paddockd takes the volume's format).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub format: String,
+    /// A storage volume of paddockd, `"pool/volume"`, instead of a path. paddockd resolves it
+    /// to `path` and `format` when the VM is defined and keeps the reference; VMMs run only
+    /// resolved disks (see [`VmSpec::runnable`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     /// Expose the disk read-only.
     #[serde(default)]
     pub readonly: bool,
     /// Serial number the guest sees (up to 20 bytes, virtio-blk's limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+}
+
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// A network interface.
@@ -325,12 +338,54 @@ impl VmSpec {
             }
         }
         let mut paths = HashSet::new();
+        let mut volumes = HashSet::new();
         for (i, d) in self.disks.iter().enumerate() {
-            if d.path.as_os_str().is_empty() {
-                return Err(SpecError::new(
-                    format!("disks[{i}].path"),
-                    "give the image path",
-                ));
+            let has_path = !d.path.as_os_str().is_empty();
+            match (&d.volume, has_path) {
+                (None, false) => {
+                    return Err(SpecError::new(
+                        format!("disks[{i}].path"),
+                        "give the image path, or a storage volume as \"volume\": \"pool/volume\"",
+                    ))
+                }
+                (Some(_), true) => {
+                    return Err(SpecError::new(
+                        format!("disks[{i}].volume"),
+                        "give either a path or a volume, not both",
+                    ))
+                }
+                (Some(v), false) => {
+                    if !volume_ref_ok(v) {
+                        return Err(SpecError::new(
+                            format!("disks[{i}].volume"),
+                            format!("'{v}' is not \"pool/volume\""),
+                        ));
+                    }
+                    if !volumes.insert(v) {
+                        return Err(SpecError::new(
+                            format!("disks[{i}].volume"),
+                            "the same volume is attached twice",
+                        ));
+                    }
+                    if !d.format.is_empty() {
+                        return Err(SpecError::new(
+                            format!("disks[{i}].format"),
+                            "leave it out with a volume: the volume's format is used",
+                        ));
+                    }
+                }
+                (None, true) => {}
+            }
+            if d.volume.is_some() {
+                if let Some(s) = &d.serial {
+                    if s.len() > 20 || !s.is_ascii() {
+                        return Err(SpecError::new(
+                            format!("disks[{i}].serial"),
+                            "at most 20 ASCII characters",
+                        ));
+                    }
+                }
+                continue;
             }
             if !paths.insert(&d.path) {
                 return Err(SpecError::new(
@@ -395,7 +450,45 @@ impl VmSpec {
         }
         Ok(())
     }
+
+    /// The spec a VMM runs: disks whose volume reference paddockd has resolved (a path is
+    /// set) lose the reference, so the spec validates again. Unresolved references stay,
+    /// and VMMs refuse them.
+    pub fn runnable(&self) -> VmSpec {
+        let mut s = self.clone();
+        for d in &mut s.disks {
+            if !d.path.as_os_str().is_empty() {
+                d.volume = None;
+            }
+        }
+        s
+    }
+
+    /// The first disk that still names a volume instead of a path, as its field name.
+    pub fn unresolved_volume(&self) -> Option<String> {
+        self.disks
+            .iter()
+            .position(|d| d.volume.is_some() && d.path.as_os_str().is_empty())
+            .map(|i| format!("disks[{i}].volume"))
+    }
 }
+
+/// Whether `v` reads `pool/volume` with two non-empty plain names.
+fn volume_ref_ok(v: &str) -> bool {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    matches!(v.split_once('/'), Some((p, n)) if plain(p) && plain(n))
+}
+
+/// The message VMMs give for a disk whose volume reference was not resolved.
+pub const UNRESOLVED_VOLUME: &str =
+    "volume references are resolved by paddockd; give a path and a format to run this spec directly";
 
 #[cfg(test)]
 mod tests {
@@ -453,6 +546,33 @@ mod tests {
             mutate(&mut s);
             assert_eq!(s.validate().unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn a_disk_names_exactly_one_of_path_and_volume() {
+        let mut s = spec();
+        s.disks[0].path = PathBuf::new();
+        s.disks[0].format = String::new();
+        assert_eq!(s.validate().unwrap_err().field, "disks[0].path");
+        s.disks[0].volume = Some("pool/v1".into());
+        s.validate().unwrap();
+        assert_eq!(s.unresolved_volume().as_deref(), Some("disks[0].volume"));
+        let json = serde_json::to_value(&s.disks[0]).unwrap();
+        assert_eq!(json["volume"], "pool/v1");
+        assert!(json.get("path").is_none() && json.get("format").is_none());
+        for bad in ["pool", "/v", "p/", "p/../x", "a/b/c", "../v"] {
+            s.disks[0].volume = Some(bad.into());
+            assert_eq!(s.validate().unwrap_err().field, "disks[0].volume", "{bad}");
+        }
+        // Resolved by paddockd: both set; the runnable spec drops the reference.
+        s.disks[0].volume = Some("pool/v1".into());
+        s.disks[0].path = "/pools/pool/v1".into();
+        s.disks[0].format = "qcow2".into();
+        assert_eq!(s.validate().unwrap_err().field, "disks[0].volume");
+        let r = s.runnable();
+        r.validate().unwrap();
+        assert_eq!(r.disks[0].volume, None);
+        assert_eq!(r.unresolved_volume(), None);
     }
 
     #[test]

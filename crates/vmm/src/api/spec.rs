@@ -88,6 +88,9 @@ fn refuse(field: impl Into<String>, why: &str) -> SpecError {
 /// Validates `spec` and converts it; the first field that fails or is unsupported is named.
 pub fn describe(spec: &VmSpec) -> Result<VmDescription, SpecError> {
     spec.validate()?;
+    if let Some(field) = spec.unresolved_volume() {
+        return Err(SpecError::new(field, paddock_spec::UNRESOLVED_VOLUME));
+    }
     let boot = match &spec.boot {
         BootSpec::Kernel {
             kernel,
@@ -224,6 +227,9 @@ mod tests {
         ] {
             assert_eq!(spec(extra).unwrap_err().field, field, "{extra}");
         }
+        let e = spec(r#","disks":[{"volume":"pool/v"}]"#).unwrap_err();
+        assert_eq!(e.field, "disks[0].volume");
+        assert!(e.message.contains("resolved by paddockd"), "{e}");
         let fw: VmSpec = serde_json::from_str(
             r#"{"name":"t","memory":{"size_mib":64},"boot":{"kind":"firmware","firmware":"uefi"}}"#,
         )
