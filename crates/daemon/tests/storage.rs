@@ -626,7 +626,7 @@ fn a_volume_used_by_a_vm_resolves_and_cannot_go() {
 /// running) into a qcow2 volume; answers the task's id.
 fn start_big_import(d: &Daemon, name: &str) -> String {
     let raw = d.dir.path().join(format!("{name}.raw"));
-    patterned_raw(&raw, 8 << 30, 1 << 20, 4096);
+    patterned_raw(&raw, 8 << 30, 256 << 10, 4096);
     let (st, a) = post(
         d,
         "/api/v1/pools/p/volumes/import",
@@ -667,4 +667,52 @@ fn a_task_interrupted_by_a_restart_reads_failed() {
     assert!(t.finished_at.is_some());
     assert!(!dir.join("big").exists(), "the partial volume is removed");
     assert!(d.client().volumes("p").unwrap().is_empty());
+}
+
+#[test]
+fn task_events_announce_the_start_and_the_end() {
+    use std::io::{BufRead, BufReader, Write};
+    let d = Daemon::start();
+    pool(&d, "p");
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    s.write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s);
+    // The stream is open once its headers are in.
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h.trim().is_empty() {
+            break;
+        }
+    }
+    let raw = d.dir.path().join("small.raw");
+    patterned_raw(&raw, 4 << 20, 1 << 20, 512);
+    let (st, a) = post(
+        &d,
+        "/api/v1/pools/p/volumes/import",
+        json!({ "name": "v", "source": raw, "format": "raw" }),
+    );
+    assert_eq!(st, 202, "{a}");
+    let mut states = Vec::new();
+    let mut kind = String::new();
+    while states.last() != Some(&TaskState::Succeeded) {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "the event stream ended"
+        );
+        if let Some(k) = line.trim_end().strip_prefix("event: ") {
+            kind = k.into();
+        } else if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            if let paddock_api::Event::Task { task } = serde_json::from_str(data).unwrap() {
+                assert_eq!(kind, "task");
+                assert_eq!(task.id.to_string(), a["task"]["id"].as_str().unwrap());
+                states.push(task.state);
+            }
+        }
+    }
+    assert_eq!(states.first(), Some(&TaskState::Running), "{states:?}");
 }
