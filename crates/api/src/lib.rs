@@ -6,8 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod client_network;
 pub mod http;
+pub mod network;
 pub mod openapi;
+pub mod openapi_network;
 pub mod types;
 
 pub use client::{Client, ClientError};

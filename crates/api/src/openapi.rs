@@ -211,6 +211,11 @@ pub fn document() -> Value {
     });
     if let (Some(m), Value::Object(spec)) = (schemas.as_object_mut(), spec_schemas()) {
         m.extend(spec);
+        m.extend(crate::openapi_network::schemas());
+    }
+    let mut paths = paths();
+    if let Some(p) = paths.as_object_mut() {
+        p.extend(crate::openapi_network::paths());
     }
     json!({
         "openapi": "3.0.3",
@@ -220,7 +225,7 @@ pub fn document() -> Value {
             "description": "HTTP/1.1 with JSON bodies on paddockd's Unix socket (default /run/paddock/paddockd.sock). Errors are {\"error\": \"...\", \"field\": \"...\"}. Request bodies are limited to 1 MiB."
         },
         "servers": [{ "url": "http://localhost", "description": "Unix socket (paddockd --socket PATH)" }],
-        "paths": paths(),
+        "paths": paths,
         "components": { "schemas": schemas }
     })
 }

@@ -32,7 +32,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
 
 type Sup = State<Arc<Supervisor>>;
 type Who = ConnectInfo<Peer>;
-type Body = Result<Bytes, BytesRejection>;
+pub(crate) type Body = Result<Bytes, BytesRejection>;
 
 /// The router over `sup`.
 pub fn router(sup: Arc<Supervisor>) -> Router {
@@ -57,7 +57,8 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
             post(move |s: Sup, w: Who, p: Path<String>, b: Body| act(s, w, p, b, request)),
         );
     }
-    r.fallback(not_found)
+    r.merge(crate::network::router())
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(sup)
@@ -76,7 +77,7 @@ async fn method_not_allowed() -> Response {
 }
 
 /// The body, or the error a client should see.
-fn body_bytes(body: Body) -> Result<Bytes, OpError> {
+pub(crate) fn body_bytes(body: Body) -> Result<Bytes, OpError> {
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             OpError::TooLarge(format!("request body over {} bytes", BODY_LIMIT))
@@ -87,7 +88,7 @@ fn body_bytes(body: Body) -> Result<Bytes, OpError> {
 }
 
 /// Parses JSON, naming the position of a syntax error or the field serde refused.
-fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, OpError> {
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, OpError> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -200,7 +201,7 @@ async fn get_metrics(State(sup): Sup) -> Result<Response, OpError> {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&rows),
+        metrics::render(&rows) + &crate::network::render_metrics(&rows),
     )
         .into_response())
 }

@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 /// Migrations in order; entry `n` brings the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &["CREATE TABLE vms (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE vms (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         spec TEXT NOT NULL,
@@ -28,7 +29,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE vms (
         action TEXT NOT NULL,
         target TEXT NOT NULL,
         result TEXT NOT NULL
-    );"];
+    );",
+    crate::network::store::MIGRATION,
+];
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +129,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -98,6 +98,16 @@ impl Supervisor {
         }
     }
 
+    /// The state store (modules with their own tables use it).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The state directory.
+    pub(crate) fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
     /// The driver named `name`.
     fn driver_named(&self, name: &str) -> Result<Arc<dyn Driver>, OpError> {
         self.drivers
@@ -155,6 +165,9 @@ impl Supervisor {
     fn forget_live(&self, id: Uuid) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.remove(&id);
+        drop(live);
+        // The process is gone: so go its TAPs.
+        crate::network::unplug(id);
     }
 
     /// Every VM.
@@ -190,7 +203,13 @@ impl Supervisor {
         let _ = self.events.send(event);
     }
 
-    fn audit<T>(&self, uid: Option<u32>, action: &str, target: &str, r: &Result<T, OpError>) {
+    pub(crate) fn audit<T>(
+        &self,
+        uid: Option<u32>,
+        action: &str,
+        target: &str,
+        r: &Result<T, OpError>,
+    ) {
         let result = match r {
             Ok(_) => "ok".to_string(),
             Err(e) => e.to_string(),
@@ -247,6 +266,8 @@ impl Supervisor {
             field: e.field,
             message: e.message,
         })?;
+        let _networks = crate::network::lock();
+        let spec = crate::network::prepare(self, spec)?;
         let driver = self.choose_driver(driver, &spec)?;
         let time = now();
         let vm = Vm {
@@ -364,15 +385,17 @@ impl Supervisor {
     async fn start_locked(self: &Arc<Self>, vm: &mut Vm) -> Result<(), OpError> {
         let driver = self.driver_of(vm)?;
         driver.check(&vm.spec)?;
+        let spec = crate::network::plug(self, vm)?;
         let before = (vm.state, vm.exit_status, vm.message.clone());
         vm.exit_status = None;
         self.set_state(vm, VmState::Starting, None)?;
         let paths = self.paths(vm.id);
-        let (d, spec, p) = (driver.clone(), vm.spec.clone(), paths.clone());
+        let (d, p) = (driver.clone(), paths.clone());
         let process = match blocking(move || d.start(&p, &spec)).await? {
             Ok(process) => process,
             Err(e) => {
                 // No process was made: the VM is as it was.
+                crate::network::unplug(vm.id);
                 vm.exit_status = before.1;
                 self.set_state(vm, before.0, before.2)?;
                 return Err(OpError::Driver(format!("start failed: {e}")));
