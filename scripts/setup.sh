@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .cache
-stamp=.cache/setup-v3.stamp
+stamp=.cache/setup-v4.stamp
 want_system=${PADDOCK_QEMU_SYSTEM:-1}
 have() { command -v "$1" >/dev/null; }
 if [ -f "$stamp" ] && have qemu-img && { [ "$want_system" = 0 ] || have qemu-system-x86_64; }; then
@@ -34,13 +34,17 @@ LIST
     echo "setup: installing ${pkgs[*]} from $codename-backports"
     apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends -t "$codename-backports" "${pkgs[@]}" >/dev/null
 fi
-# Build tools, and what the VMM and QEMU tests use: ip (network namespaces), readelf.
+# Build tools, and what the VMM, QEMU and daemon tests use: ip (network namespaces), readelf;
+# managed networks: nft (NAT), dnsmasq (DHCP), busybox (udhcpc in the DHCP test).
 missing=()
 have cc || missing+=(gcc)
 have ip || missing+=(iproute2)
 have readelf || missing+=(binutils)
 have cpio || missing+=(cpio)
 have xz || missing+=(xz-utils)
+have nft || missing+=(nftables)
+have dnsmasq || missing+=(dnsmasq-base)
+have busybox || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -6,9 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod client_network;
 mod client_storage;
 pub mod http;
+pub mod network;
 pub mod openapi;
+pub mod openapi_network;
 pub mod openapi_storage;
 pub mod storage;
 pub mod types;

@@ -214,10 +214,12 @@ pub fn document() -> Value {
     if let (Some(m), Value::Object(spec)) = (schemas.as_object_mut(), spec_schemas()) {
         m.extend(spec);
         m.extend(crate::openapi_storage::schemas());
+        m.extend(crate::openapi_network::schemas());
     }
     let mut paths = paths();
     if let Some(p) = paths.as_object_mut() {
         p.extend(crate::openapi_storage::paths());
+        p.extend(crate::openapi_network::paths());
     }
     json!({
         "openapi": "3.0.3",

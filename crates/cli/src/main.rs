@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod image;
+mod network;
 mod output;
 mod storage;
 mod vm;
@@ -35,6 +36,8 @@ enum Command {
     Volume(storage::volume::VolumeArgs),
     /// Background tasks (imports, clones): list, show, cancel, wait.
     Task(storage::task::TaskArgs),
+    /// Managed networks through paddockd: define, list, show, delete.
+    Network(network::NetworkArgs),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Pool(args) => storage::pool::execute(args),
         Command::Volume(args) => storage::volume::execute(args),
         Command::Task(args) => storage::task::execute(args),
+        Command::Network(args) => network::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

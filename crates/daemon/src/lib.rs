@@ -7,6 +7,7 @@ pub mod driver;
 pub mod error;
 pub mod lifecycle;
 pub mod metrics;
+pub mod network;
 pub mod peer;
 pub mod routes;
 pub mod storage;
@@ -95,6 +96,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     sup.recover().await.context("re-attaching to running VMs")?;
     tasks::recover(&sup).context("recording tasks a previous paddockd left running")?;
+    let s = sup.clone();
+    let _ = tokio::task::spawn_blocking(move || network::reconcile(&s)).await;
     let listener = bind(&config.socket)?;
     eprintln!("paddockd: listening on {}", config.socket.display());
     let app = routes::router(sup).into_make_service_with_connect_info::<Peer>();

@@ -58,7 +58,8 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
             post(move |s: Sup, w: Who, p: Path<String>, b: Body| act(s, w, p, b, request)),
         );
     }
-    r.fallback(not_found)
+    r.merge(crate::network::router())
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(sup)
@@ -201,7 +202,9 @@ async fn get_metrics(State(sup): Sup) -> Result<Response, OpError> {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&rows) + &crate::storage::metrics::render(sup.store()),
+        metrics::render(&rows)
+            + &crate::storage::metrics::render(sup.store())
+            + &crate::network::render_metrics(&rows),
     )
         .into_response())
 }

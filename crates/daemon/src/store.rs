@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
         result TEXT NOT NULL
     );",
     crate::storage::store::MIGRATION,
+    crate::network::store::MIGRATION,
 ];
 
 /// Store failures.

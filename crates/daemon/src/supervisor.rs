@@ -103,6 +103,11 @@ impl Supervisor {
         }
     }
 
+    /// The state directory.
+    pub(crate) fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
     /// The driver named `name`.
     fn driver_named(&self, name: &str) -> Result<Arc<dyn Driver>, OpError> {
         self.drivers
@@ -160,6 +165,9 @@ impl Supervisor {
     fn forget_live(&self, id: Uuid) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.remove(&id);
+        drop(live);
+        // The process is gone: so go its TAPs.
+        crate::network::unplug(id);
     }
 
     /// Every VM.
@@ -259,7 +267,9 @@ impl Supervisor {
             message: e.message,
         })?;
         let _volumes = crate::storage::usage_lock();
+        let _networks = crate::network::lock();
         let spec = crate::storage::resolve_spec(&self.store, spec)?;
+        let spec = crate::network::prepare(self, spec)?;
         let driver = self.choose_driver(driver, &spec.runnable())?;
         let time = now();
         let vm = Vm {
@@ -377,15 +387,17 @@ impl Supervisor {
     async fn start_locked(self: &Arc<Self>, vm: &mut Vm) -> Result<(), OpError> {
         let driver = self.driver_of(vm)?;
         driver.check(&vm.spec.runnable())?;
+        let spec = crate::network::plug(self, vm)?.runnable();
         let before = (vm.state, vm.exit_status, vm.message.clone());
         vm.exit_status = None;
         self.set_state(vm, VmState::Starting, None)?;
         let paths = self.paths(vm.id);
-        let (d, spec, p) = (driver.clone(), vm.spec.runnable(), paths.clone());
+        let (d, p) = (driver.clone(), paths.clone());
         let process = match blocking(move || d.start(&p, &spec)).await? {
             Ok(process) => process,
             Err(e) => {
                 // No process was made: the VM is as it was.
+                crate::network::unplug(vm.id);
                 vm.exit_status = before.1;
                 self.set_state(vm, before.0, before.2)?;
                 return Err(OpError::Driver(format!("start failed: {e}")));

@@ -99,7 +99,9 @@ impl Driver for Qemu {
     }
 
     fn check(&self, spec: &VmSpec) -> Result<(), Unsupported> {
-        paddock_qemu::check(spec, &Host::detect())
+        // NICs on a managed network get their TAP from the daemon at start.
+        let spec = crate::network::placeholder_taps(spec);
+        paddock_qemu::check(&spec, &Host::detect())
             .map(drop)
             .map_err(refusal)
     }

@@ -143,9 +143,6 @@ impl Driver for PaddockVmm {
         if spec.accel == Accel::Tcg {
             return Err(unsupported("accel", "paddock-vmm runs on KVM only"));
         }
-        if !spec.nics.is_empty() {
-            return Err(unsupported("nics", "no virtio-net device yet"));
-        }
         if spec.vsock.is_some() {
             return Err(unsupported("vsock", "no virtio-vsock device yet"));
         }
@@ -325,7 +322,6 @@ mod tests {
         assert!(d.check(&spec("")).is_ok());
         for (extra, feature) in [
             (r#","accel":"tcg""#, "accel"),
-            (r#","nics":[{"tap":"tap0"}]"#, "nics"),
             (
                 r#","cpus":{"count":2,"threads_per_core":2}"#,
                 "cpus.threads_per_core",
