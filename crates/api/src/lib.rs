@@ -6,11 +6,16 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod client_remote;
 pub mod http;
 pub mod openapi;
+mod openapi_tokens;
+pub mod remote;
+pub mod tokens;
 pub mod types;
 
 pub use client::{Client, ClientError};
+pub use remote::{Remote, RemoteError, Trust};
 pub use types::{AuditEntry, ErrorBody, Event, StopRequest, Vm, VmState};
 
 /// The default path of the daemon's socket.

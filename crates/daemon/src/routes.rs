@@ -57,6 +57,7 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
             post(move |s: Sup, w: Who, p: Path<String>, b: Body| act(s, w, p, b, request)),
         );
     }
+    r = r.merge(crate::tokens::routes());
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
