@@ -10,12 +10,16 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod image;
 mod output;
+mod remote;
+mod token;
 mod vm;
 
 /// Paddock: an open virtualization platform on Linux KVM.
 #[derive(Parser, Debug)]
 #[command(name = "paddock", version, about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +32,8 @@ enum Command {
     /// VMs through paddockd: define, list, show, start, stop, restart, pause, resume,
     /// delete, console.
     Vm(vm::VmArgs),
+    /// API tokens for remote access (paddockd --listen): create, list, revoke.
+    Token(token::TokenArgs),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -39,7 +45,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Image(cmd) => image::run(*cmd),
-        Command::Vm(args) => vm::run(args),
+        Command::Vm(args) => vm::run(args, &cli.remote),
+        Command::Token(args) => token::run(args, &cli.remote),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

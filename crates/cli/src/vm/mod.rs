@@ -85,9 +85,11 @@ enum VmCommand {
 }
 
 /// Runs a `paddock vm` command.
-pub fn run(args: VmArgs) -> ExitCode {
-    let client = Client::new(&args.socket);
-    match execute(&client, args.command, args.json) {
+pub fn run(args: VmArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
+    let r = remote
+        .client(&args.socket)
+        .and_then(|client| execute(&client, args.command, args.json));
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if args.json {
