@@ -98,7 +98,6 @@ pub enum Trust {
 }
 
 /// A remote daemon and how to talk to it.
-#[derive(Debug)]
 pub struct Remote {
     url: String,
     host: String,
@@ -106,6 +105,16 @@ pub struct Remote {
     config: Arc<ClientConfig>,
     authorization: Option<String>,
     seen: Arc<Mutex<Option<String>>>,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url)
+            .field("token", &self.authorization.as_ref().map(|_| "(redacted)"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// `AB:CD:...`: the SHA-256 of `der` as `openssl x509 -fingerprint -sha256` prints it.
@@ -448,5 +457,12 @@ mod tests {
             Some("pdk_a\r\nX: y"),
         );
         assert!(matches!(r, Err(RemoteError::BadToken)));
+        let r = Remote::new(
+            "https://127.0.0.1:1",
+            Trust::Fingerprint("00".repeat(32)),
+            Some("pdk_secret"),
+        )
+        .unwrap();
+        assert!(!format!("{r:?}").contains("pdk_secret"));
     }
 }
