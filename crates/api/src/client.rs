@@ -37,6 +37,9 @@ pub enum ClientError {
         /// The daemon's explanation.
         body: ErrorBody,
     },
+    /// A remote daemon (over TCP + TLS) could not be reached or trusted.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
     /// The exchange itself failed (a broken connection, an answer that is not the API's).
     #[error("talking to paddockd at {socket}: {message}")]
     Protocol {
@@ -95,7 +98,10 @@ impl Action {
 /// A client for the daemon on one socket.
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    /// The socket; for a remote daemon, its URL.
+    pub(crate) socket: PathBuf,
+    /// The remote daemon, when the client talks TCP + TLS instead of the socket.
+    pub(crate) remote: Option<std::sync::Arc<crate::remote::Remote>>,
 }
 
 /// Percent-encodes a path segment (names are plain, but user input may not be).
@@ -116,6 +122,7 @@ impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client {
             socket: socket.into(),
+            remote: None,
         }
     }
 
@@ -131,6 +138,9 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Vec<u8>, ClientError> {
+        if let Some(remote) = &self.remote {
+            return self.answer(remote.request(method, path, body, TIMEOUT)?);
+        }
         let resp =
             http::request(&self.socket, method, path, body, TIMEOUT).map_err(|e| match e {
                 HttpError::Connect(source) => ClientError::Unreachable {
@@ -142,6 +152,11 @@ impl Client {
                     message: other.to_string(),
                 },
             })?;
+        self.answer(resp)
+    }
+
+    /// A 2xx answer's body, or the daemon's error.
+    fn answer(&self, resp: http::Response) -> Result<Vec<u8>, ClientError> {
         if (200..300).contains(&resp.status) {
             return Ok(resp.body);
         }

@@ -59,20 +59,35 @@ pub fn request(
     let stream = UnixStream::connect(socket).map_err(HttpError::Connect)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    exchange(&stream, "localhost", method, path, body, &[])
+}
+
+/// Sends one request on an open `stream` (a Unix socket, or a TLS session) with `Host:
+/// host` and the `extra` headers, and reads the answer.
+pub fn exchange<S: Read + Write>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    extra: &[(&str, &str)],
+) -> Result<Response, HttpError> {
     let body = body.unwrap_or_default();
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     if !body.is_empty() {
         head.push_str("Content-Type: application/json\r\n");
     }
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     head.push_str("\r\n");
-    let mut w = &stream;
-    w.write_all(head.as_bytes())?;
-    w.write_all(body)?;
-    w.flush()?;
-    read_response(BufReader::new(&stream), method == "HEAD")
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()?;
+    read_response(BufReader::new(stream), method == "HEAD")
 }
 
 fn protocol(msg: impl Into<String>) -> HttpError {

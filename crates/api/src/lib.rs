@@ -7,16 +7,21 @@
 
 pub mod client;
 mod client_network;
+mod client_remote;
 mod client_storage;
 pub mod http;
 pub mod network;
 pub mod openapi;
 pub mod openapi_network;
 pub mod openapi_storage;
+mod openapi_tokens;
+pub mod remote;
 pub mod storage;
+pub mod tokens;
 pub mod types;
 
 pub use client::{Client, ClientError};
+pub use remote::{Remote, RemoteError, Trust};
 pub use types::{AuditEntry, ErrorBody, Event, StopRequest, Vm, VmState};
 
 /// The default path of the daemon's socket.

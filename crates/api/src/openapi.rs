@@ -130,6 +130,7 @@ fn paths() -> Value {
         "summary": "Server-Sent Events: `event: lifecycle`, `event: audit` or `event: task`, `data:` one Event as JSON.",
         "responses": { "200": { "description": "An endless event stream.", "content": { "text/event-stream": { "schema": schema_ref("Event") } } } }
     }}));
+    p.extend(crate::openapi_tokens::paths());
     Value::Object(p)
 }
 
@@ -198,6 +199,7 @@ pub fn document() -> Value {
             "seq": { "type": "integer" },
             "time": { "type": "string", "format": "date-time" },
             "uid": { "type": "integer", "description": "Caller's Unix uid (SO_PEERCRED); absent for the daemon's own changes." },
+            "who": { "type": "string", "example": "token:ci", "description": "`uid:N` on the Unix socket, `token:<name>` over TCP + TLS; absent for the daemon's own changes." },
             "action": { "type": "string", "example": "start" },
             "target": { "type": "string" },
             "result": { "type": "string", "description": "`ok` or the error answered." } } },
@@ -215,6 +217,7 @@ pub fn document() -> Value {
         m.extend(spec);
         m.extend(crate::openapi_storage::schemas());
         m.extend(crate::openapi_network::schemas());
+        m.extend(crate::openapi_tokens::schemas());
     }
     let mut paths = paths();
     if let Some(p) = paths.as_object_mut() {

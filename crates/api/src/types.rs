@@ -138,6 +138,10 @@ pub struct AuditEntry {
     /// Unix user id of the caller (from SO_PEERCRED); absent for the daemon's own changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// Who asked: `uid:N` on the Unix socket, `token:<name>` over TCP + TLS; absent for
+    /// the daemon's own changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
     /// What was asked (`define`, `start`, `stop`, ...; `exit` for the daemon noticing an exit).
     pub action: String,
     /// The VM's name.

@@ -11,13 +11,17 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod image;
 mod network;
 mod output;
+mod remote;
 mod storage;
+mod token;
 mod vm;
 
 /// Paddock: an open virtualization platform on Linux KVM.
 #[derive(Parser, Debug)]
 #[command(name = "paddock", version, about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +42,8 @@ enum Command {
     Task(storage::task::TaskArgs),
     /// Managed networks through paddockd: define, list, show, delete.
     Network(network::NetworkArgs),
+    /// API tokens for remote access (paddockd --listen): create, list, revoke.
+    Token(token::TokenArgs),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -49,11 +55,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Image(cmd) => image::run(*cmd),
-        Command::Vm(args) => vm::run(args),
-        Command::Pool(args) => storage::pool::execute(args),
-        Command::Volume(args) => storage::volume::execute(args),
-        Command::Task(args) => storage::task::execute(args),
-        Command::Network(args) => network::run(args),
+        Command::Vm(args) => vm::run(args, &cli.remote),
+        Command::Token(args) => token::run(args, &cli.remote),
+        Command::Pool(args) => storage::pool::execute(args, &cli.remote),
+        Command::Volume(args) => storage::volume::execute(args, &cli.remote),
+        Command::Task(args) => storage::task::execute(args, &cli.remote),
+        Command::Network(args) => network::run(args, &cli.remote),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -40,6 +40,23 @@ pub fn fail(err: &anyhow::Error, json: bool, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Reports a failed daemon call the way every daemon command does (stderr, or a JSON object
+/// with the error, the field at fault and the HTTP status on stdout) and returns exit status 1.
+pub fn client_failure(e: &paddock_api::ClientError, json: bool) -> ExitCode {
+    if json {
+        let (status, field) = match e {
+            paddock_api::ClientError::Api { status, body } => (Some(*status), body.field.clone()),
+            _ => (None, None),
+        };
+        print_json(&serde_json::json!({
+            "error": e.to_string(), "field": field, "status": status
+        }));
+    } else {
+        eprintln!("paddock: {e}");
+    }
+    ExitCode::from(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

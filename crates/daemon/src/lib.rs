@@ -3,6 +3,7 @@
 //! VMM process through a [`driver::Driver`], and re-attaches to running VMMs when it
 //! restarts. See `docs/DAEMON.md`.
 
+pub mod auth;
 pub mod driver;
 pub mod error;
 pub mod lifecycle;
@@ -14,6 +15,9 @@ pub mod storage;
 pub mod store;
 pub mod supervisor;
 pub mod tasks;
+pub mod tls;
+pub mod token_store;
+pub mod tokens;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +46,8 @@ pub struct Config {
     pub vmm: Option<PathBuf>,
     /// Give every VMM the debug-exit port (test guests end themselves through it).
     pub vmm_debug_exit: bool,
+    /// Also serve the API over TCP + TLS, with bearer tokens (`--listen`).
+    pub listen: Option<tls::Listen>,
 }
 
 /// Binds the API socket at `path` with mode 0660, replacing a stale socket file but never a
@@ -100,10 +106,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || network::reconcile(&s)).await;
     let listener = bind(&config.socket)?;
     eprintln!("paddockd: listening on {}", config.socket.display());
+    let remote = match &config.listen {
+        Some(l) => Some(tls::bind(l, &config.state_dir).await?),
+        None => None,
+    };
+    let remote = tls::serve(remote, sup.clone());
     let app = routes::router(sup).into_make_service_with_connect_info::<Peer>();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = axum::serve(listener, app) => r.context("serving the API"),
+        r = remote => r.context("serving the API over TLS"),
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     };

@@ -24,6 +24,17 @@ struct Args {
     /// Give every VMM the debug-exit port so test guests can end themselves (tests only).
     #[arg(long, hide = true)]
     vmm_debug_exit: bool,
+    /// Also serve the API over TCP + TLS on ADDR:PORT (port 0: any free port), with bearer
+    /// tokens (`paddock token create`). Plain TCP is never served.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain for --listen (default: a self-signed one generated once in
+    /// <state-dir>/tls/cert.pem).
+    #[arg(long, value_name = "PEM", requires_all = ["listen", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires_all = ["listen", "tls_cert"])]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -34,6 +45,10 @@ fn main() -> ExitCode {
         run_dir: args.run_dir,
         vmm: args.vmm,
         vmm_debug_exit: args.vmm_debug_exit,
+        listen: args.listen.map(|addr| paddockd::tls::Listen {
+            addr,
+            cert: args.tls_cert.zip(args.tls_key),
+        }),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

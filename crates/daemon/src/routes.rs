@@ -58,6 +58,7 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
             post(move |s: Sup, w: Who, p: Path<String>, b: Body| act(s, w, p, b, request)),
         );
     }
+    r = r.merge(crate::tokens::routes());
     r.merge(crate::network::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     );",
     crate::storage::store::MIGRATION,
     crate::network::store::MIGRATION,
+    crate::token_store::MIGRATION,
 ];
 
 /// Store failures.
@@ -227,15 +228,17 @@ impl Store {
         target: &str,
         result: &str,
     ) -> Result<AuditEntry, StoreError> {
+        let who = crate::auth::who(uid);
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO audit (time, uid, action, target, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![time, uid, action, target, result],
+            "INSERT INTO audit (time, uid, action, target, result, who) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![time, uid, action, target, result, who],
         )?;
         Ok(AuditEntry {
             seq: conn.last_insert_rowid(),
             time: time.into(),
             uid,
+            who,
             action: action.into(),
             target: target.into(),
             result: result.into(),
@@ -245,13 +248,18 @@ impl Store {
     /// The audit log, oldest first.
     pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT seq, time, uid, action, target, result FROM audit ORDER BY seq")?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, time, uid, action, target, result, who FROM audit ORDER BY seq",
+        )?;
         let rows = stmt.query_map([], |r| {
+            let uid: Option<u32> = r.get(2)?;
             Ok(AuditEntry {
                 seq: r.get(0)?,
                 time: r.get(1)?,
-                uid: r.get(2)?,
+                uid,
+                who: r
+                    .get::<_, Option<String>>(6)?
+                    .or_else(|| uid.map(|u| format!("uid:{u}"))),
                 action: r.get(3)?,
                 target: r.get(4)?,
                 result: r.get(5)?,

@@ -586,6 +586,17 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// Records `action` on `target` by `uid` with `result` (`ok` or the error answered) in
+    /// the audit log and announces it, for requests outside the VM state machine.
+    pub fn record(&self, uid: Option<u32>, action: &str, target: &str, result: &str) {
+        match self.store.audit(&now(), uid, action, target, result) {
+            Ok(entry) => self.emit(Event::Audit(entry)),
+            Err(e) => eprintln!("paddockd: audit log: {e}"),
+        }
+    }
+}
+
 /// Waits until the process has exited (its pidfd turns readable), on a blocking thread.
 async fn wait_exit(live: Arc<Live>) {
     let waited = tokio::task::spawn_blocking(move || loop {

@@ -66,24 +66,13 @@ fn parse_range(s: &str) -> Result<DhcpRange, String> {
 }
 
 /// Runs a `paddock network` command.
-pub fn run(args: NetworkArgs) -> ExitCode {
-    let client = Client::new(&args.socket);
-    match execute(&client, args.command, args.json) {
+pub fn run(args: NetworkArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
+    let r = remote
+        .client(&args.socket)
+        .and_then(|client| execute(&client, args.command, args.json));
+    match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if args.json {
-                let (status, field) = match &e {
-                    ClientError::Api { status, body } => (Some(*status), body.field.clone()),
-                    _ => (None, None),
-                };
-                print_json(&serde_json::json!({
-                    "error": e.to_string(), "field": field, "status": status
-                }));
-            } else {
-                eprintln!("paddock: {e}");
-            }
-            ExitCode::from(1)
-        }
+        Err(e) => crate::output::client_failure(&e, args.json),
     }
 }
 

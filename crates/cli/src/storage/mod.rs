@@ -40,8 +40,15 @@ impl From<ClientError> for Failure {
 }
 
 /// Runs `f` with a client for `common`, reporting a failure the way `paddock vm` does.
-pub fn run(common: &Common, f: impl FnOnce(&Client, bool) -> Result<(), Failure>) -> ExitCode {
-    let client = Client::new(&common.socket);
+pub fn run(
+    common: &Common,
+    remote: &crate::remote::RemoteArgs,
+    f: impl FnOnce(&Client, bool) -> Result<(), Failure>,
+) -> ExitCode {
+    let client = match remote.client(&common.socket) {
+        Ok(c) => c,
+        Err(e) => return crate::output::client_failure(&e, common.json),
+    };
     match f(&client, common.json) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Task(t)) => {
@@ -59,19 +66,6 @@ pub fn run(common: &Common, f: impl FnOnce(&Client, bool) -> Result<(), Failure>
             }
             ExitCode::from(1)
         }
-        Err(Failure::Client(e)) => {
-            if common.json {
-                let (status, field) = match &e {
-                    ClientError::Api { status, body } => (Some(*status), body.field.clone()),
-                    _ => (None, None),
-                };
-                print_json(&serde_json::json!({
-                    "error": e.to_string(), "field": field, "status": status
-                }));
-            } else {
-                eprintln!("paddock: {e}");
-            }
-            ExitCode::from(1)
-        }
+        Err(Failure::Client(e)) => crate::output::client_failure(&e, common.json),
     }
 }

@@ -42,8 +42,8 @@ enum PoolCommand {
 }
 
 /// Runs a `paddock pool` command.
-pub fn execute(args: PoolArgs) -> ExitCode {
-    run(&args.common, |c, json| {
+pub fn execute(args: PoolArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
+    run(&args.common, remote, |c, json| {
         let show = |p: paddock_api::storage::Pool| {
             if json {
                 print_json(&p);

@@ -79,8 +79,8 @@ pub fn follow(c: &Client, id: Uuid, bar: bool) -> Result<Task, Failure> {
 }
 
 /// Runs a `paddock task` command.
-pub fn execute(args: TaskArgs) -> ExitCode {
-    run(&args.common, |c, json| {
+pub fn execute(args: TaskArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
+    run(&args.common, remote, |c, json| {
         let show = |t: Task| {
             if json {
                 print_json(&t);

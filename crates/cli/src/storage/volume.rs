@@ -141,8 +141,8 @@ fn finish_task(
 }
 
 /// Runs a `paddock volume` command.
-pub fn execute(args: VolumeArgs) -> ExitCode {
-    run(&args.common, |c, json| {
+pub fn execute(args: VolumeArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
+    run(&args.common, remote, |c, json| {
         match args.command {
             VolumeCommand::Create {
                 pool,

@@ -85,24 +85,13 @@ enum VmCommand {
 }
 
 /// Runs a `paddock vm` command.
-pub fn run(args: VmArgs) -> ExitCode {
-    let client = Client::new(&args.socket);
-    match execute(&client, args.command, args.json) {
+pub fn run(args: VmArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
+    let r = remote
+        .client(&args.socket)
+        .and_then(|client| execute(&client, args.command, args.json));
+    match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if args.json {
-                let (status, field) = match &e {
-                    ClientError::Api { status, body } => (Some(*status), body.field.clone()),
-                    _ => (None, None),
-                };
-                print_json(&serde_json::json!({
-                    "error": e.to_string(), "field": field, "status": status
-                }));
-            } else {
-                eprintln!("paddock: {e}");
-            }
-            ExitCode::from(1)
-        }
+        Err(e) => crate::output::client_failure(&e, args.json),
     }
 }
 
