@@ -166,8 +166,16 @@ impl Store {
     }
 
     /// Writes the mutable fields of `vm` (state, times, pid, exit status, message).
+    ///
+    /// Runtime state is committed without its own fsync (`synchronous=NORMAL` for this
+    /// statement): it survives a daemon crash (the WAL is in the page cache) and becomes
+    /// durable with the next fully synced commit (every audit entry is one), and what a power
+    /// loss could take back is exactly what the restarted daemon re-learns from the processes,
+    /// which a power loss ends anyway. Definitions and the audit log keep `FULL`.
     pub fn update(&self, vm: &Vm) -> Result<(), StoreError> {
-        self.conn().execute(
+        let conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let r = conn.execute(
             "UPDATE vms SET state = ?2, updated_at = ?3, pid = ?4, exit_status = ?5, message = ?6
              WHERE id = ?1",
             params![
@@ -178,7 +186,9 @@ impl Store {
                 vm.exit_status,
                 vm.message
             ],
-        )?;
+        );
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        r?;
         Ok(())
     }
 

@@ -408,6 +408,7 @@ impl Supervisor {
         let live = self.watch(vm.id, process);
         let deadline = Instant::now() + START_TIMEOUT;
         let mut exit_rx = live.exit.subscribe();
+        let mut poll = Duration::from_millis(1);
         loop {
             let exited = *exit_rx.borrow_and_update();
             if let Some(code) = exited {
@@ -430,8 +431,10 @@ impl Supervisor {
                     return Err(OpError::Driver(msg));
                 }
                 Err(_) => {
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(50), exit_rx.changed()).await;
+                    // 1, 2, 4 ... 32 ms: a VMM answers within milliseconds of its start, and
+                    // the exit watcher ends the wait at once if it dies instead.
+                    let _ = tokio::time::timeout(poll, exit_rx.changed()).await;
+                    poll = (poll * 2).min(Duration::from_millis(32));
                 }
             }
         }
