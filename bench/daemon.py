@@ -129,7 +129,7 @@ if args.libvirt:
     lv = libvirt.open("qemu:///system")
 
 LV_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-<os><type arch='x86_64' machine='q35'>hvm</type><kernel>{kernel}</kernel></os>
+<os><type arch='x86_64' machine='q35'>hvm</type><kernel>{kernel}</kernel></os><features><acpi/></features>
 <devices><emulator>{qemu}</emulator><serial type='null'/></devices></domain>"""
 
 try:

@@ -30,8 +30,28 @@ if [ "$LIBVIRT" = 1 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
             libvirt-daemon-system libvirt-clients python3-libvirt >/dev/null
     fi
+    # libvirt re-probes QEMU (about 10 s) on every define while the libvirt-qemu user cannot
+    # open /dev/kvm: give it Debian's udev default (root:kvm 0660) where udev did not.
+    if [ "$(stat -c %G:%a /dev/kvm 2>/dev/null)" = root:600 ]; then
+        echo "== /dev/kvm: root:kvm 0660 (Debian's default) so libvirt's QEMU user can use it"
+        chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+    fi
     pgrep -x virtlogd >/dev/null || virtlogd -d
-    pgrep -x libvirtd >/dev/null || libvirtd -d
+    # libvirtd under a child subreaper: the QEMU processes it probes daemonize, and where PID 1
+    # does not reap orphans their zombies stall libvirtd for minutes.
+    pgrep -x libvirtd >/dev/null || setsid /usr/bin/python3 -c '
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+child = os.fork()
+if child == 0:
+    os.execvp("libvirtd", ["libvirtd"])
+while True:
+    try:
+        if os.wait()[0] == child:
+            break
+    except ChildProcessError:
+        break
+' >/dev/null 2>&1 </dev/null &
     for _ in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 echo "== building (release)"

@@ -123,7 +123,13 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Durability comes from the audit log: every change a request makes ends with its audit
+        // entry, which `audit` commits with `synchronous=FULL`; in WAL mode that fsync covers
+        // the earlier, unsynced commits too, so nothing is answered before it is on disk, at
+        // one fsync per request. The daemon's own runtime records (state, pid) commit unsynced:
+        // they survive a daemon crash, and what a power loss takes back the restarted daemon
+        // re-learns from the processes, which the power loss ended.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         Ok(Store {
@@ -166,16 +172,8 @@ impl Store {
     }
 
     /// Writes the mutable fields of `vm` (state, times, pid, exit status, message).
-    ///
-    /// Runtime state is committed without its own fsync (`synchronous=NORMAL` for this
-    /// statement): it survives a daemon crash (the WAL is in the page cache) and becomes
-    /// durable with the next fully synced commit (every audit entry is one), and what a power
-    /// loss could take back is exactly what the restarted daemon re-learns from the processes,
-    /// which a power loss ends anyway. Definitions and the audit log keep `FULL`.
     pub fn update(&self, vm: &Vm) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let r = conn.execute(
+        self.conn().execute(
             "UPDATE vms SET state = ?2, updated_at = ?3, pid = ?4, exit_status = ?5, message = ?6
              WHERE id = ?1",
             params![
@@ -186,9 +184,7 @@ impl Store {
                 vm.exit_status,
                 vm.message
             ],
-        );
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        r?;
+        )?;
         Ok(())
     }
 
@@ -240,10 +236,13 @@ impl Store {
     ) -> Result<AuditEntry, StoreError> {
         let who = crate::auth::who(uid);
         let conn = self.conn();
-        conn.execute(
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let r = conn.execute(
             "INSERT INTO audit (time, uid, action, target, result, who) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![time, uid, action, target, result, who],
-        )?;
+        );
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        r?;
         Ok(AuditEntry {
             seq: conn.last_insert_rowid(),
             time: time.into(),
