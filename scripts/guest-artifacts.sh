@@ -3,7 +3,11 @@
 # (bzImage) and a busybox initramfs. Its /init mounts proc, sys and dev, loads the virtio
 # modules (virtio_pci, virtio_blk, virtio_net, virtio_rng, virtio_console) and the ACPI power
 # button with their dependencies, all taken from the same linux-image package, brings network
-# interfaces up, prints one line per disk and NIC, then the ready line
+# interfaces up, prints one line per disk and NIC; with `paddock.dhcp=1` on the kernel command
+# line it asks each NIC's address of a DHCP server (busybox `udhcpc`, its default script
+# /usr/share/udhcpc/default.script sets the leased address) and prints
+#   paddock-initramfs: ip eth0 10.77.0.53       (or: paddock-initramfs: dhcp eth0 failed)
+# then the ready line
 #   paddock-initramfs: ready kernel=RELEASE cpus=N disks=vda,vdb net=eth0
 # and then:
 #   - with `paddock.poweroff=1` on the kernel command line, powers off at once (the old
@@ -168,6 +172,19 @@ for d in /sys/class/net/*; do
     echo "paddock-initramfs: nic \$n mac=\$(cat \$d/address)"
     net=\${net:+\$net,}\$n
 done
+case " \$(cat /proc/cmdline) " in
+*" paddock.dhcp=1 "*)
+    for n in \$(echo "\$net" | tr , ' '); do
+        rm -f /run/udhcpc.\$n
+        if udhcpc -i "\$n" -n -q -t 5 -T 2 -s /usr/share/udhcpc/default.script &&
+            [ -s /run/udhcpc.\$n ]; then
+            echo "paddock-initramfs: ip \$n \$(cat /run/udhcpc.\$n)"
+        else
+            echo "paddock-initramfs: dhcp \$n failed"
+        fi
+    done
+    ;;
+esac
 ready="$ready_line kernel=\$(uname -r) cpus=\$(nproc) disks=\$disks net=\$net"
 case " \$(cat /proc/cmdline) " in
 *" paddock.poweroff=1 "*)
@@ -193,6 +210,25 @@ echo "\$ready"
 while :; do sleep 3600; done
 EOF
 
+# udhcpc's script: sets the leased address (and a default route) and records the address in
+# /run/udhcpc.IFACE for /init to print.
+cat >"$work/udhcpc.script" <<'EOF'
+#!/bin/sh
+case $1 in
+deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+bound | renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -z "$router" ] || ip route replace default via "${router%% *}" dev "$interface"
+    echo "$ip" >"/run/udhcpc.$interface"
+    ;;
+esac
+exit 0
+EOF
+
 # A cpio "newc" archive written entry by entry: deterministic (inode numbers, owner root,
 # mtime 0) and needs neither root nor a cpio tool.
 ino=0
@@ -213,12 +249,15 @@ cpio_entry() { # name mode [file-with-data | -link target]
     fi
 }
 {
-    for d in bin dev etc lib lib/modules proc sys sbin; do cpio_entry "$d" $((0040755)); done
+    for d in bin dev etc lib lib/modules proc run sys sbin usr usr/share usr/share/udhcpc; do
+        cpio_entry "$d" $((0040755))
+    done
     cpio_entry bin/busybox $((0100755)) "$work/bin/busybox"
     cpio_entry bin/sh $((0120777)) -link busybox
     cpio_entry etc/modules $((0100644)) "$work/modules"
     for m in "${order[@]}"; do cpio_entry "lib/modules/$m.ko" $((0100644)) "$work/mods/$m.ko"; done
     cpio_entry init $((0100755)) "$work/init"
+    cpio_entry usr/share/udhcpc/default.script $((0100755)) "$work/udhcpc.script"
     ino=-1
     cpio_entry TRAILER!!! 0
 } | gzip -9 -n >"$initramfs.tmp"

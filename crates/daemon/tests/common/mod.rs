@@ -2,6 +2,9 @@
 //! directory and socket, a real `paddock-vmm`, and the freestanding test guests.
 #![allow(dead_code)]
 
+pub mod artifacts;
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
