@@ -8,6 +8,7 @@ pub mod driver;
 pub mod error;
 pub mod lifecycle;
 pub mod metrics;
+pub mod metrics_proc;
 pub mod network;
 pub mod peer;
 pub mod routes;

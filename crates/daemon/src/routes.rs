@@ -204,6 +204,7 @@ async fn get_metrics(State(sup): Sup) -> Result<Response, OpError> {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         metrics::render(&rows)
+            + &crate::metrics_proc::render(&rows)
             + &crate::storage::metrics::render(sup.store())
             + &crate::network::render_metrics(&rows),
     )

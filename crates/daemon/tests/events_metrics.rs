@@ -147,4 +147,27 @@ fn metrics_parse_as_prometheus_text() {
         (64u64 << 20) as f64
     );
     assert!(scrape.docs.contains_key("paddock_vm_disk_read_bytes_total"));
+    // From /proc: the running VM's process, nothing for the defined one; the host's totals
+    // and what running VMs were given.
+    assert!(value("paddock_vm_rss_bytes", &[("vm", "m1")]) > 0.0);
+    assert!(value("paddock_vm_process_cpu_seconds_total", &[("vm", "m1")]) >= 0.0);
+    // The wait guest spins in its vCPU thread: its CPU time shows up there within ticks.
+    wait_until(30, "vCPU time of the spinning guest", || {
+        let text = String::from_utf8(d.client().raw("GET", "/metrics", None).unwrap()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("paddock_vm_vcpu_seconds_total{vm=\"m1\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)
+    });
+    assert!(!scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "paddock_vm_rss_bytes" && s.labels.get("vm") == Some("m2")));
+    assert!(value("paddock_host_cpus", &[]) >= 1.0);
+    assert!(value("paddock_host_memory_bytes", &[]) > 0.0);
+    assert_eq!(value("paddock_host_allocated_vcpus", &[]), 1.0);
+    assert_eq!(
+        value("paddock_host_allocated_memory_bytes", &[]),
+        value("paddock_vm_memory_bytes", &[("vm", "m1")])
+    );
 }
