@@ -217,6 +217,14 @@ impl Client {
             .map(drop)
     }
 
+    /// Deletes a stopped or defined VM and, with `volumes`, the pool volumes its disks name
+    /// (refused, deleting nothing, when another VM uses one or one backs a linked clone).
+    pub fn delete_vm(&self, name: &str, volumes: bool) -> Result<(), ClientError> {
+        let q = if volumes { "?volumes=delete" } else { "" };
+        self.raw("DELETE", &format!("/api/v1/vms/{}{q}", segment(name)), None)
+            .map(drop)
+    }
+
     /// Runs a lifecycle action and returns the VM afterwards.
     pub fn action(
         &self,

@@ -95,12 +95,17 @@ fn paths() -> Value {
             "responses": { "200": json_response("The VM.", schema_ref("Vm")), "404": error_response("No VM has that name.") }
         },
         "delete": {
-            "operationId": "deleteVm", "summary": "Deletes a VM that has no process, with its files under the state directory.",
-            "parameters": name_param(),
+            "operationId": "deleteVm", "summary": "Deletes a VM that has no process, with its files under the state directory, and with `volumes=delete` the pool volumes its disks name.",
+            "parameters": name_param().as_array().cloned().unwrap_or_default().into_iter().chain([json!({
+                "name": "volumes", "in": "query", "required": false,
+                "schema": { "type": "string", "enum": ["keep", "delete"], "default": "keep" },
+                "description": "`delete` also deletes the volumes the VM's disks name; refused (nothing deleted) when another VM uses one, one backs a linked clone or a task writes one."
+            })]).collect::<Vec<_>>(),
             "responses": {
                 "204": { "description": "Deleted." },
                 "404": error_response("No VM has that name."),
-                "409": error_response("The VM has a process: stop it first."),
+                "409": error_response("The VM has a process (stop it first), or a volume cannot go with it."),
+                "422": error_response("`volumes` is neither keep nor delete."),
             }
         }
     }));

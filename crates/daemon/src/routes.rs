@@ -139,12 +139,30 @@ async fn define(State(sup): Sup, ConnectInfo(peer): Who, body: Body) -> Result<R
     Ok((StatusCode::CREATED, Json(vm)).into_response())
 }
 
+/// `DELETE /api/v1/vms/{name}?volumes=keep|delete`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    volumes: Option<String>,
+}
+
 async fn delete(
     State(sup): Sup,
     ConnectInfo(peer): Who,
     Path(name): Path<String>,
+    query: Result<axum::extract::Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<StatusCode, OpError> {
-    sup.delete(peer.uid, &name).await?;
+    let bad = || OpError::Invalid {
+        field: "volumes".into(),
+        message: "the query takes volumes=keep (the default) or volumes=delete".into(),
+    };
+    let volumes = match query.map_err(|_| bad())?.0.volumes.as_deref() {
+        None | Some("keep") => false,
+        Some("delete") => true,
+        Some(_) => return Err(bad()),
+    };
+    sup.delete(peer.uid, &name, volumes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -298,20 +298,34 @@ impl Supervisor {
         }
     }
 
-    /// Deletes a VM that has no process, with its files.
-    pub async fn delete(&self, uid: Option<u32>, name: &str) -> Result<(), OpError> {
-        let r = self.delete_inner(name).await;
-        self.audit(uid, "delete", name, &r);
+    /// Deletes a VM that has no process, with its files, and with `volumes` the volumes its
+    /// disks name (all checked deletable first, so a refusal deletes nothing).
+    pub async fn delete(
+        self: &Arc<Self>,
+        uid: Option<u32>,
+        name: &str,
+        volumes: bool,
+    ) -> Result<(), OpError> {
+        let r = self.delete_inner(name, volumes).await;
+        let action = if volumes { "delete+volumes" } else { "delete" };
+        self.audit(uid, action, name, &r);
         r
     }
 
-    async fn delete_inner(&self, name: &str) -> Result<(), OpError> {
+    async fn delete_inner(self: &Arc<Self>, name: &str, volumes: bool) -> Result<(), OpError> {
         let id = self.get(name)?.id;
         let lock = self.lock_of(id);
         let _guard = lock.lock().await;
         let vm = self.store.by_id(id)?.ok_or_else(|| OpError::no_vm(name))?;
         lifecycle::allowed(name, vm.state, Request::Delete).map_err(OpError::Conflict)?;
+        let storage = crate::storage::Storage::new(self.clone());
+        let doomed = if volumes {
+            storage.volumes_to_delete_with(&vm)?
+        } else {
+            Vec::new()
+        };
         self.store.delete(id)?;
+        storage.delete_checked_volumes(&doomed)?;
         let paths = self.paths(id);
         let _ = std::fs::remove_dir_all(&paths.dir);
         let _ = std::fs::remove_dir_all(&paths.run);

@@ -617,9 +617,29 @@ fn a_volume_used_by_a_vm_resolves_and_cannot_go() {
             String::from_utf8_lossy(&check.stdout)
         );
     }
-    c.delete("vm1").unwrap();
-    c.delete_volume("p", "disk").unwrap();
+    // Deleting the VM with its volumes: refused (nothing deleted) while another VM uses the
+    // volume, or for a bad query; then both go.
+    let mut spec2 = spec_json("vm2", "blk");
+    spec2["disks"] = json!([{ "volume": "p/disk" }]);
+    assert_eq!(post(&d, "/api/v1/vms", spec2).0, 201);
+    let (st, e) = d.call("DELETE", "/api/v1/vms/vm1?volumes=delete", None);
+    assert_eq!(st, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("'vm2'"), "{e}");
+    let (st, e) = d.call("DELETE", "/api/v1/vms/vm1?volumes=all", None);
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(e["field"], "volumes");
+    assert_eq!(c.list().unwrap().len(), 2);
+    assert!(dir.join("disk").exists());
+    c.delete("vm2").unwrap();
+    assert!(dir.join("disk").exists(), "a plain delete keeps the volume");
+    c.delete_vm("vm1", true).unwrap();
+    assert!(c.list().unwrap().is_empty());
     assert!(!dir.join("disk").exists());
+    assert!(c.volumes("p").unwrap().is_empty());
+    let audit = c.audit().unwrap();
+    assert!(audit
+        .iter()
+        .any(|a| a.action == "delete+volumes" && a.target == "vm1" && a.result == "ok"));
 }
 
 /// Starts importing an 8 GiB sparse raw with data spread over it (slow enough to catch

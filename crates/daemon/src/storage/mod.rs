@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod ops;
 pub mod routes;
 pub mod store;
+pub mod vm_volumes;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

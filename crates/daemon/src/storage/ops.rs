@@ -17,7 +17,7 @@ use crate::error::OpError;
 use crate::supervisor::now;
 
 impl Storage {
-    fn pool_row(&self, name: &str) -> Result<PoolRow, OpError> {
+    pub(crate) fn pool_row(&self, name: &str) -> Result<PoolRow, OpError> {
         self.db().pool(name)?.ok_or_else(|| no_pool(name))
     }
 
@@ -314,7 +314,7 @@ impl Storage {
     }
 
     /// The first linked clone backed by `v`.
-    fn clone_of(&self, v: &VolumeRow) -> Result<Option<String>, OpError> {
+    pub(crate) fn clone_of(&self, v: &VolumeRow) -> Result<Option<String>, OpError> {
         Ok(self
             .db()
             .volumes(Some(&v.pool))?
