@@ -47,7 +47,10 @@ pub fn usage(pid: u32) -> Option<ProcessUsage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let process = stat_ticks(&stat)? as f64 / hz;
     let mut vcpu = 0u64;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
         if is_vcpu_thread(comm.trim_end()) {
             let s = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
@@ -183,7 +186,13 @@ mod tests {
         for comm in ["vcpu0", "vcpu15", "CPU 0/KVM", "CPU 3/TCG"] {
             assert!(is_vcpu_thread(comm), "{comm}");
         }
-        for comm in ["paddock-vmm", "api", "virtio-blk", "qemu-system-x86", "worker"] {
+        for comm in [
+            "paddock-vmm",
+            "api",
+            "virtio-blk",
+            "qemu-system-x86",
+            "worker",
+        ] {
             assert!(!is_vcpu_thread(comm), "{comm}");
         }
     }

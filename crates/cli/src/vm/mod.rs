@@ -1,6 +1,5 @@
 //! `paddock vm`: VMs through the daemon's REST API (`paddockd` on its Unix socket).
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,6 +9,7 @@ use paddock_api::{Client, ClientError, StopRequest};
 
 use crate::output::print_json;
 
+mod define;
 mod table;
 
 /// Options every `paddock vm` command takes.
@@ -28,12 +28,9 @@ pub struct VmArgs {
 /// The VM subcommands.
 #[derive(Subcommand, Debug)]
 enum VmCommand {
-    /// Defines a VM from a spec file (JSON; `-` reads standard input).
-    Define {
-        /// The spec file.
-        #[arg(short = 'f', long = "file", value_name = "FILE")]
-        file: PathBuf,
-    },
+    /// Defines a VM from a spec file (JSON or YAML; `-` reads standard input) or from flags
+    /// (`paddock vm define web --kernel K --memory 1G --disk volume=pool/vol --nic network=lan`).
+    Define(define::DefineArgs),
     /// Lists the VMs.
     List,
     /// Shows one VM with its spec.
@@ -76,6 +73,10 @@ enum VmCommand {
     Delete {
         /// The VM.
         name: String,
+        /// Also delete the pool volumes its disks name (refused, deleting nothing, when another
+        /// VM uses one or one backs a linked clone).
+        #[arg(long)]
+        volumes: bool,
     },
     /// Prints the VM's serial console output so far.
     Console {
@@ -95,23 +96,6 @@ pub fn run(args: VmArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
     }
 }
 
-fn read_spec(file: &PathBuf) -> Result<Vec<u8>, ClientError> {
-    let io_err = |e: std::io::Error| ClientError::Api {
-        status: 0,
-        body: paddock_api::ErrorBody {
-            error: format!("{}: {e}", file.display()),
-            field: None,
-        },
-    };
-    if file.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).map_err(io_err)?;
-        Ok(buf)
-    } else {
-        std::fs::read(file).map_err(io_err)
-    }
-}
-
 fn execute(client: &Client, command: VmCommand, json: bool) -> Result<(), ClientError> {
     let show = |vm: paddock_api::Vm| {
         if json {
@@ -126,7 +110,13 @@ fn execute(client: &Client, command: VmCommand, json: bool) -> Result<(), Client
         })
     };
     match command {
-        VmCommand::Define { file } => show(client.define_json(&read_spec(&file)?)?),
+        VmCommand::Define(args) => {
+            let body = args.body().map_err(|error| ClientError::Api {
+                status: 0,
+                body: paddock_api::ErrorBody { error, field: None },
+            })?;
+            show(client.define_json(&body)?)
+        }
         VmCommand::List => {
             let vms = client.list()?;
             if json {
@@ -145,8 +135,8 @@ fn execute(client: &Client, command: VmCommand, json: bool) -> Result<(), Client
         }
         VmCommand::Pause { name } => show(client.action(&name, Action::Pause, None)?),
         VmCommand::Resume { name } => show(client.action(&name, Action::Resume, None)?),
-        VmCommand::Delete { name } => {
-            client.delete(&name)?;
+        VmCommand::Delete { name, volumes } => {
+            client.delete_vm(&name, volumes)?;
             if json {
                 print_json(&serde_json::json!({ "deleted": name }));
             } else {
