@@ -64,11 +64,11 @@ impl DefineArgs {
                     Ok(text)
                 }
             }
-            None => Ok(self.from_flags().to_string().into_bytes()),
+            None => Ok(self.spec_from_flags().to_string().into_bytes()),
         }
     }
 
-    fn from_flags(&self) -> Value {
+    fn spec_from_flags(&self) -> Value {
         let mut boot = Map::new();
         boot.insert("kind".into(), json!("kernel"));
         boot.insert("kernel".into(), json!(self.kernel));
