@@ -177,6 +177,9 @@ pub enum SerialSpec {
     Socket {
         /// The socket path.
         path: PathBuf,
+        /// A file that also gets all output, appended, whether or not a client is connected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log: Option<PathBuf>,
     },
     /// A pseudo-terminal.
     Pty,
@@ -453,6 +456,26 @@ mod tests {
             mutate(&mut s);
             assert_eq!(s.validate().unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn a_socket_console_log_is_optional() {
+        let bare: SerialSpec =
+            serde_json::from_str(r#"{"mode":"socket","path":"/r/c.sock"}"#).unwrap();
+        assert_eq!(
+            bare,
+            SerialSpec::Socket {
+                path: "/r/c.sock".into(),
+                log: None
+            }
+        );
+        assert!(!serde_json::to_string(&bare).unwrap().contains("log"));
+        let logged = SerialSpec::Socket {
+            path: "/r/c.sock".into(),
+            log: Some("/s/console.log".into()),
+        };
+        let text = serde_json::to_string(&logged).unwrap();
+        assert_eq!(serde_json::from_str::<SerialSpec>(&text).unwrap(), logged);
     }
 
     #[test]
