@@ -99,7 +99,7 @@ pub struct Client {
 }
 
 /// Percent-encodes a path segment (names are plain, but user input may not be).
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod client_console;
 pub mod http;
 pub mod openapi;
+mod openapi_ws;
 pub mod types;
 
 pub use client::{Client, ClientError};

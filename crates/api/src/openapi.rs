@@ -212,7 +212,7 @@ pub fn document() -> Value {
     if let (Some(m), Value::Object(spec)) = (schemas.as_object_mut(), spec_schemas()) {
         m.extend(spec);
     }
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "paddockd API",
@@ -222,7 +222,9 @@ pub fn document() -> Value {
         "servers": [{ "url": "http://localhost", "description": "Unix socket (paddockd --socket PATH)" }],
         "paths": paths(),
         "components": { "schemas": schemas }
-    })
+    });
+    crate::openapi_ws::extend(&mut doc);
+    doc
 }
 
 /// Every (method, path) the document lists, methods upper case, sorted.

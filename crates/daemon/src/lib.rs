@@ -11,6 +11,7 @@ pub mod peer;
 pub mod routes;
 pub mod store;
 pub mod supervisor;
+pub mod ws;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -190,7 +190,13 @@ impl Supervisor {
         let _ = self.events.send(event);
     }
 
-    fn audit<T>(&self, uid: Option<u32>, action: &str, target: &str, r: &Result<T, OpError>) {
+    pub(crate) fn audit<T>(
+        &self,
+        uid: Option<u32>,
+        action: &str,
+        target: &str,
+        r: &Result<T, OpError>,
+    ) {
         let result = match r {
             Ok(_) => "ok".to_string(),
             Err(e) => e.to_string(),
