@@ -11,7 +11,7 @@ use tungstenite::WebSocket;
 use crate::client::segment;
 use crate::{Client, ClientError, ErrorBody};
 
-pub use tungstenite::Message;
+pub use tungstenite::{Error as WsError, Message};
 
 /// How long the daemon gets to answer the WebSocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

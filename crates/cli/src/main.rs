@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod events;
 mod image;
 mod output;
 mod vm;
@@ -28,6 +29,8 @@ enum Command {
     /// VMs through paddockd: define, list, show, start, stop, restart, pause, resume,
     /// delete, console.
     Vm(vm::VmArgs),
+    /// Follows paddockd's events (lifecycle and audit) until interrupted.
+    Events(events::EventsArgs),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Image(cmd) => image::run(*cmd),
         Command::Vm(args) => vm::run(args),
+        Command::Events(args) => events::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
