@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod client_console;
 mod client_network;
 mod client_remote;
 mod client_storage;
@@ -15,6 +16,7 @@ pub mod openapi;
 pub mod openapi_network;
 pub mod openapi_storage;
 mod openapi_tokens;
+mod openapi_ws;
 pub mod remote;
 pub mod storage;
 pub mod tokens;

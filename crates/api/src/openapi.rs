@@ -229,7 +229,7 @@ pub fn document() -> Value {
         p.extend(crate::openapi_storage::paths());
         p.extend(crate::openapi_network::paths());
     }
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "paddockd API",
@@ -239,7 +239,9 @@ pub fn document() -> Value {
         "servers": [{ "url": "http://localhost", "description": "Unix socket (paddockd --socket PATH)" }],
         "paths": paths,
         "components": { "schemas": schemas }
-    })
+    });
+    crate::openapi_ws::extend(&mut doc);
+    doc
 }
 
 /// Every (method, path) the document lists, methods upper case, sorted.

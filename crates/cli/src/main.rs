@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod events;
 mod image;
 mod network;
 mod output;
@@ -44,6 +45,8 @@ enum Command {
     Network(network::NetworkArgs),
     /// API tokens for remote access (paddockd --listen): create, list, revoke.
     Token(token::TokenArgs),
+    /// Follows paddockd's events (lifecycle and audit) until interrupted.
+    Events(events::EventsArgs),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Volume(args) => storage::volume::execute(args, &cli.remote),
         Command::Task(args) => storage::task::execute(args, &cli.remote),
         Command::Network(args) => network::run(args, &cli.remote),
+        Command::Events(args) => events::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

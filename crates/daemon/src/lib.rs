@@ -19,6 +19,7 @@ pub mod tasks;
 pub mod tls;
 pub mod token_store;
 pub mod tokens;
+pub mod ws;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

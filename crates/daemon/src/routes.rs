@@ -42,9 +42,9 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
         .route("/metrics", get(get_metrics))
         .route("/api/v1/vms", get(list).post(define))
         .route(vm, get(show).delete(delete))
-        .route(&format!("{vm}/console"), get(console))
+        .route(&format!("{vm}/console"), get(crate::ws::console::console))
         .route("/api/v1/audit", get(audit))
-        .route("/api/v1/events", get(events))
+        .route("/api/v1/events", get(crate::ws::events::events))
         .merge(crate::storage::routes(sup.clone()));
     for request in [
         Request::Start,
@@ -191,7 +191,10 @@ async fn act(
 #[serde(deny_unknown_fields)]
 struct EmptyBody {}
 
-async fn console(State(sup): Sup, Path(name): Path<String>) -> Result<Response, OpError> {
+pub(crate) async fn console(
+    State(sup): Sup,
+    Path(name): Path<String>,
+) -> Result<Response, OpError> {
     let vm = sup.get(&name)?;
     let path = sup.paths(vm.id).console();
     let text = match tokio::fs::read(&path).await {
@@ -229,7 +232,9 @@ async fn get_metrics(State(sup): Sup) -> Result<Response, OpError> {
         .into_response())
 }
 
-async fn events(State(sup): Sup) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+pub(crate) async fn events(
+    State(sup): Sup,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = sup.subscribe();
     let s = stream::unfold(rx, |mut rx| async move {
         loop {

@@ -1,6 +1,7 @@
 //! The QEMU driver end to end: a real paddockd runs the Debian kernel and the busybox
 //! initramfs (`scripts/guest-artifacts.sh`) under QEMU (TCG where KVM cannot run Linux
-//! guests), with a qcow2 disk; console, pause, resume and an ACPI power-off.
+//! guests), with a qcow2 disk; console, pause, resume, re-attach (with the live console over
+//! WebSocket) and an ACPI power-off.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::process::Command;
 use common::artifacts::{guest_artifacts, runs, KillOnDrop};
 use common::*;
 use paddock_api::client::Action;
+use paddock_api::client_console::Message;
 use paddock_api::{StopRequest, VmState};
 
 #[test]
@@ -91,6 +93,27 @@ fn linux_under_qemu_boots_pauses_resumes_and_powers_off() {
     assert_eq!(vm.pid, Some(pid));
     assert!(vm.message.unwrap_or_default().contains("re-attached"));
 
+    // The console socket belongs to QEMU, so the re-attached VM still has a live console:
+    // the guest kernel's tty echoes what is typed (nothing reads it in the initramfs).
+    let mut ws = c.console_ws("linux").expect("the console WebSocket");
+    ws.get_ref()
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    ws.send(Message::Binary("paddock-ws-probe\n".into()))
+        .unwrap();
+    let mut echoed = String::new();
+    while !echoed.contains("paddock-ws-probe") {
+        match ws.read().expect("the guest's echo") {
+            Message::Binary(b) => echoed.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("unexpected {other:?} after {echoed:?}"),
+        }
+    }
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    wait_until(30, "the echo in the console log", || {
+        console_after_restart(&c).contains("paddock-ws-probe")
+    });
+
     // The initramfs powers off on the ACPI power button.
     let stop = StopRequest {
         timeout_secs: Some(30),
@@ -131,4 +154,8 @@ fn the_qemu_driver_is_named_in_refusals() {
     let (status, body) = d.call("POST", "/api/v1/vms", Some(spec.to_string().as_bytes()));
     assert_eq!(status, 422, "{body}");
     assert!(body.to_string().contains("qemu"), "{body}");
+}
+
+fn console_after_restart(c: &paddock_api::Client) -> String {
+    String::from_utf8_lossy(&c.console("linux").unwrap()).into_owned()
 }

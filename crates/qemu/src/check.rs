@@ -102,8 +102,14 @@ pub fn check(spec: &VmSpec, host: &Host) -> Result<AccelChoice, Error> {
         utf8("vsock.socket", &v.socket)?;
     }
     match &spec.serial {
-        paddock_spec::SerialSpec::File { path } | paddock_spec::SerialSpec::Socket { path } => {
+        paddock_spec::SerialSpec::File { path } => {
             utf8("serial.path", path)?;
+        }
+        paddock_spec::SerialSpec::Socket { path, log } => {
+            utf8("serial.path", path)?;
+            if let Some(log) = log {
+                utf8("serial.log", log)?;
+            }
         }
         _ => {}
     }

@@ -229,8 +229,13 @@ pub fn build(
         let dev = json!({"driver": "vhost-vsock-pci", "id": "vsock0", "guest-cid": v.cid});
         push(&["-device", &dev.to_string()]);
     }
-    let log = match &opts.console_log {
-        Some(p) => format!(",logfile={}", opt(utf8("console_log", p)?)),
+    // The spec's own socket log wins over the launcher's copy; both are appended to.
+    let spec_log = match &spec.serial {
+        SerialSpec::Socket { log: Some(p), .. } => Some(("serial.log", p)),
+        _ => None,
+    };
+    let log = match spec_log.or(opts.console_log.as_ref().map(|p| ("console_log", p))) {
+        Some((field, p)) => format!(",logfile={},logappend=on", opt(utf8(field, p)?)),
         None => String::new(),
     };
     let chardev = match &spec.serial {
@@ -240,7 +245,7 @@ pub fn build(
             "file,id=serial0,path={}",
             opt(utf8("serial.path", path)?)
         )),
-        SerialSpec::Socket { path } => Some(format!(
+        SerialSpec::Socket { path, .. } => Some(format!(
             "socket,id=serial0,path={},server=on,wait=off{log}",
             opt(utf8("serial.path", path)?)
         )),

@@ -150,16 +150,26 @@ fn serial_modes_map_to_chardevs_and_paths_are_escaped() {
     assert_eq!(qmp, "unix:/run/a,,b/qmp.sock,server=on,wait=off");
     s.serial = SerialSpec::Socket {
         path: PathBuf::from("/run/con,sole.sock"),
+        log: None,
     };
     assert_eq!(
         chardev(&s, &opts).0.unwrap(),
-        "socket,id=serial0,path=/run/con,,sole.sock,server=on,wait=off,logfile=/log/con.log"
+        "socket,id=serial0,path=/run/con,,sole.sock,server=on,wait=off,logfile=/log/con.log,logappend=on"
+    );
+    // The spec's own log wins over the launcher's copy.
+    s.serial = SerialSpec::Socket {
+        path: PathBuf::from("/run/con.sock"),
+        log: Some(PathBuf::from("/state/a,b/console.log")),
+    };
+    assert_eq!(
+        chardev(&s, &opts).0.unwrap(),
+        "socket,id=serial0,path=/run/con.sock,server=on,wait=off,logfile=/state/a,,b/console.log,logappend=on"
     );
     s.serial = SerialSpec::Stdio;
     let (c, _, stdio) = chardev(&s, &opts);
     assert_eq!(
         c.unwrap(),
-        "stdio,id=serial0,signal=off,logfile=/log/con.log"
+        "stdio,id=serial0,signal=off,logfile=/log/con.log,logappend=on"
     );
     assert!(stdio);
     s.serial = SerialSpec::Off;

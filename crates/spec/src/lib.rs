@@ -190,6 +190,9 @@ pub enum SerialSpec {
     Socket {
         /// The socket path.
         path: PathBuf,
+        /// A file that also gets all output, appended, whether or not a client is connected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log: Option<PathBuf>,
     },
     /// A pseudo-terminal.
     Pty,
@@ -573,6 +576,26 @@ mod tests {
         r.validate().unwrap();
         assert_eq!(r.disks[0].volume, None);
         assert_eq!(r.unresolved_volume(), None);
+    }
+
+    #[test]
+    fn a_socket_console_log_is_optional() {
+        let bare: SerialSpec =
+            serde_json::from_str(r#"{"mode":"socket","path":"/r/c.sock"}"#).unwrap();
+        assert_eq!(
+            bare,
+            SerialSpec::Socket {
+                path: "/r/c.sock".into(),
+                log: None
+            }
+        );
+        assert!(!serde_json::to_string(&bare).unwrap().contains("log"));
+        let logged = SerialSpec::Socket {
+            path: "/r/c.sock".into(),
+            log: Some("/s/console.log".into()),
+        };
+        let text = serde_json::to_string(&logged).unwrap();
+        assert_eq!(serde_json::from_str::<SerialSpec>(&text).unwrap(), logged);
     }
 
     #[test]

@@ -40,8 +40,9 @@ struct Args {
     /// Guest memory (K, M, G suffixes).
     #[arg(long, default_value = "512M", value_parser = parse_memory)]
     memory: u64,
-    /// Serial console (COM1): stdio, off, file=PATH, socket=PATH[,wait=on] (the VMM listens;
-    /// one client at a time) or pty (its path is printed on stderr).
+    /// Serial console (COM1): stdio, off, file=PATH, socket=PATH[,wait=on][,log=FILE] (the VMM
+    /// listens; one client at a time, a new connection replaces the current one; log=FILE
+    /// appends all output to FILE) or pty (its path is printed on stderr).
     #[arg(long, default_value = "stdio", value_parser = SerialConfig::parse)]
     serial: SerialConfig,
     /// Entry point: auto (PVH when the ELF has the note), linux64 or pvh.

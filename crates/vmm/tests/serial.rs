@@ -168,3 +168,102 @@ fn serial_options_are_checked() {
         assert!(err(&o).contains("--serial"), "{bad}: {}", err(&o));
     }
 }
+
+/// The echo guest's VMM, with its stderr kept open (the VMM's last messages must not meet a
+/// closed pipe).
+struct Echo {
+    child: Child,
+    _stderr: BufReader<ChildStderr>,
+}
+
+/// Starts the echo guest with COM1 on a socket that also logs; returns the VMM, the socket
+/// and the log.
+fn spawn_echo(dir: &std::path::Path) -> (Echo, std::path::PathBuf, std::path::PathBuf) {
+    let path = dir.join("com1.sock");
+    let log = dir.join("console.log");
+    let mut child = spawn(&[
+        "--kernel",
+        guest("echo").to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+        "--serial",
+        &format!("socket={},log={}", path.display(), log.display()),
+    ]);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr_line(&mut stderr, "serial socket listening on ");
+    let echo = Echo {
+        child,
+        _stderr: stderr,
+    };
+    (echo, path, log)
+}
+
+/// The log's text without carriage returns.
+fn log_text(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .replace('\r', "")
+}
+
+/// Waits (bounded) until the log contains `text`.
+fn wait_log(log: &std::path::Path, text: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !log_text(log).contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?} never reached the log: {:?}",
+            log_text(log)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_logged_socket_echoes_input_and_logs_everything() {
+    if !kvm_available("a_logged_socket_echoes_input_and_logs_everything") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut echo, path, log) = spawn_echo(dir.path());
+    // The log is written with no client connected.
+    wait_log(&log, "echo guest ready\n");
+    let mut client = UnixStream::connect(&path).unwrap();
+    // The output from before the client came is also kept for it.
+    read_until(&mut client, "echo guest ready\n");
+    client.write_all(b"abc").unwrap();
+    read_until(&mut client, "ABC");
+    client.write_all(b"q").unwrap();
+    let text = read_until(&mut client, "echo guest bye\n");
+    assert_eq!(echo.child.wait().unwrap().code(), Some(0), "{text}");
+    let logged = log_text(&log);
+    assert!(
+        logged.starts_with("echo guest ready\nABC\necho guest bye\n"),
+        "{logged:?}"
+    );
+}
+
+#[test]
+fn a_new_socket_client_replaces_the_current_one() {
+    if !kvm_available("a_new_socket_client_replaces_the_current_one") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut echo, path, log) = spawn_echo(dir.path());
+    let mut first = UnixStream::connect(&path).unwrap();
+    first
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    read_until(&mut first, "echo guest ready\n");
+    let mut second = UnixStream::connect(&path).unwrap();
+    // The first client is disconnected: it reads the end of the stream.
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    second.write_all(b"xy").unwrap();
+    read_until(&mut second, "XY");
+    second.write_all(b"q").unwrap();
+    read_until(&mut second, "echo guest bye\n");
+    assert_eq!(echo.child.wait().unwrap().code(), Some(0));
+    assert!(log_text(&log).contains("XY\necho guest bye\n"));
+}

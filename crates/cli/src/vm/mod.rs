@@ -9,6 +9,7 @@ use paddock_api::{Client, ClientError, StopRequest};
 
 use crate::output::print_json;
 
+mod console;
 mod define;
 mod table;
 
@@ -78,10 +79,14 @@ enum VmCommand {
         #[arg(long)]
         volumes: bool,
     },
-    /// Prints the VM's serial console output so far.
+    /// Attaches to the VM's serial console (Ctrl-] detaches); with --log (or --json) prints
+    /// the console log instead. Piped standard input is sent to the guest.
     Console {
         /// The VM.
         name: String,
+        /// Print the console log (all output so far) instead of attaching.
+        #[arg(long)]
+        log: bool,
     },
 }
 
@@ -143,7 +148,8 @@ fn execute(client: &Client, command: VmCommand, json: bool) -> Result<(), Client
                 println!("deleted {name}");
             }
         }
-        VmCommand::Console { name } => {
+        VmCommand::Console { name, log: false } if !json => console::attach(client, &name)?,
+        VmCommand::Console { name, .. } => {
             use std::io::Write;
             let log = client.console(&name)?;
             if json {

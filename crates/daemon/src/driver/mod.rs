@@ -35,6 +35,20 @@ impl VmPaths {
     pub fn vmm_log(&self) -> PathBuf {
         self.dir.join("vmm.log")
     }
+
+    /// The serial console's socket, served by the VMM (`<run-dir>/vms/<id>/console.sock`).
+    pub fn console_socket(&self) -> PathBuf {
+        self.run.join("console.sock")
+    }
+
+    /// Where every driver sends COM1: the console socket, with all output also appended to
+    /// the console log.
+    pub fn console_serial(&self) -> paddock_spec::SerialSpec {
+        paddock_spec::SerialSpec::Socket {
+            path: self.console_socket(),
+            log: Some(self.console()),
+        }
+    }
 }
 
 /// A spec feature the driver cannot run.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use paddock_qemu::qmp::{QmpClient, RunState as QemuRunState};
 use paddock_qemu::{Host, LaunchOptions, QemuVm};
-use paddock_spec::{SerialSpec, VmSpec};
+use paddock_spec::VmSpec;
 
 use super::process::{self, Process};
 use super::{
@@ -58,12 +58,10 @@ impl Qemu {
         f(&mut client).map_err(err)
     }
 
-    /// The spec QEMU runs: the serial console sent to the console log.
+    /// The spec QEMU runs: the serial console sent to the console socket and log.
     fn qemu_spec(paths: &VmPaths, spec: &VmSpec) -> VmSpec {
         let mut s = spec.clone();
-        s.serial = SerialSpec::File {
-            path: paths.console(),
-        };
+        s.serial = paths.console_serial();
         s
     }
 
@@ -252,17 +250,34 @@ mod tests {
     }
 
     #[test]
-    fn the_console_goes_to_the_console_log() {
+    fn the_console_goes_to_the_console_socket_and_log() {
         let paths = VmPaths {
             dir: "/s/vms/x".into(),
             run: "/r/vms/x".into(),
         };
         let s = Qemu::qemu_spec(&paths, &spec(r#","serial":{"mode":"stdio"}"#));
+        assert_eq!(s.serial, paths.console_serial());
+        // The command line QEMU gets: a listening socket chardev that appends to the log.
+        let d = Qemu::new("qemu-system-x86_64".into());
+        let host = paddock_qemu::Host {
+            kvm: Ok(()),
+            pvm: false,
+            vhost_vsock: false,
+            ovmf: None,
+        };
+        let cmd = paddock_qemu::launch::build(
+            &s,
+            &d.options(&paths),
+            paddock_qemu::AccelChoice::Tcg,
+            &host,
+        )
+        .unwrap();
         assert_eq!(
-            s.serial,
-            SerialSpec::File {
-                path: "/s/vms/x/console.log".into()
-            }
+            paddock_qemu::launch::arg_after(&cmd.args, "-chardev"),
+            [
+                "socket,id=serial0,path=/r/vms/x/console.sock,server=on,wait=off,\
+              logfile=/s/vms/x/console.log,logappend=on"
+            ]
         );
     }
 }

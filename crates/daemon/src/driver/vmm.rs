@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use paddock_api::http;
-use paddock_spec::{Accel, BootSpec, SerialSpec, VmSpec};
+use paddock_spec::{Accel, BootSpec, VmSpec};
 use serde_json::Value;
 
 use super::process::{self, spawn_detached, Process};
@@ -74,12 +74,10 @@ impl PaddockVmm {
         Ok(v)
     }
 
-    /// The VMM config: the spec with the serial console sent to the console log.
+    /// The VMM config: the spec with the serial console sent to the console socket and log.
     fn vmm_config(paths: &VmPaths, spec: &VmSpec) -> VmSpec {
         let mut cfg = spec.clone();
-        cfg.serial = SerialSpec::File {
-            path: paths.console(),
-        };
+        cfg.serial = paths.console_serial();
         cfg
     }
 }
@@ -308,6 +306,7 @@ impl Driver for PaddockVmm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use paddock_spec::SerialSpec;
 
     fn spec(extra: &str) -> VmSpec {
         serde_json::from_str(&format!(
@@ -340,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn the_vmm_config_sends_com1_to_the_console_log() {
+    fn the_vmm_config_sends_com1_to_the_console_socket_and_log() {
         let paths = VmPaths {
             dir: "/s/vms/x".into(),
             run: "/r/vms/x".into(),
@@ -348,8 +347,9 @@ mod tests {
         let cfg = PaddockVmm::vmm_config(&paths, &spec(r#","serial":{"mode":"stdio"}"#));
         assert_eq!(
             cfg.serial,
-            SerialSpec::File {
-                path: "/s/vms/x/console.log".into()
+            SerialSpec::Socket {
+                path: "/r/vms/x/console.sock".into(),
+                log: Some("/s/vms/x/console.log".into())
             }
         );
     }

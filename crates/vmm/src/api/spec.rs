@@ -143,9 +143,10 @@ pub fn describe(spec: &VmSpec) -> Result<VmDescription, SpecError> {
         SerialSpec::Off => SerialConfig::Off,
         SerialSpec::Stdio => SerialConfig::Stdio,
         SerialSpec::File { path } => SerialConfig::File(path.clone()),
-        SerialSpec::Socket { path } => SerialConfig::Socket {
+        SerialSpec::Socket { path, log } => SerialConfig::Socket {
             path: path.clone(),
             wait: false,
+            log: log.clone(),
         },
         SerialSpec::Pty => SerialConfig::Pty,
     };

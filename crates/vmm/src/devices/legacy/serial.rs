@@ -1,9 +1,11 @@
 //! The 16550 UART on COM1 (0x3f8, IRQ 4), built on vm-superio, and its host side:
-//! `--serial stdio|off|file=PATH` (output only), `--serial socket=PATH[,wait=on]` (the VMM
-//! listens; one client at a time gets the output and types the input; output with no client is
+//! `--serial stdio|off|file=PATH` (output only), `--serial socket=PATH[,wait=on][,log=FILE]`
+//! (the VMM listens; one client at a time gets the output and types the input, and a new
+//! connection replaces the current client, which is disconnected; output with no client is
 //! kept, up to [`BACKLOG`] bytes, for the next one; `wait=on` holds the boot until the first
-//! client), and `--serial pty` (a pseudo-terminal in raw mode whose path is printed on stderr).
-//! Input is fed to the UART only as fast as the guest empties its FIFO.
+//! client; `log=FILE` appends all output to FILE whether or not a client is connected), and
+//! `--serial pty` (a pseudo-terminal in raw mode whose path is printed on stderr). Input is fed
+//! to the UART only as fast as the guest empties its FIFO.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -11,7 +13,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_superio::serial::SerialEvents;
@@ -113,6 +115,8 @@ pub enum SerialConfig {
         path: PathBuf,
         /// Wait for the first client before the guest starts.
         wait: bool,
+        /// A file all output is appended to, with or without a client.
+        log: Option<PathBuf>,
     },
     /// A new pseudo-terminal.
     Pty,
@@ -121,7 +125,8 @@ pub enum SerialConfig {
 impl SerialConfig {
     /// Parses the value of `--serial`.
     pub fn parse(s: &str) -> Result<SerialConfig, String> {
-        let bad = || format!("'{s}': use stdio, off, file=PATH, socket=PATH[,wait=on] or pty");
+        let bad =
+            || format!("'{s}': use stdio, off, file=PATH, socket=PATH[,wait=on][,log=FILE] or pty");
         match s {
             "stdio" => return Ok(SerialConfig::Stdio),
             "off" => return Ok(SerialConfig::Off),
@@ -132,18 +137,23 @@ impl SerialConfig {
             return Ok(SerialConfig::File(p.into()));
         }
         let rest = s.strip_prefix("socket=").ok_or_else(bad)?;
-        let (path, wait) = match rest.rsplit_once(',') {
-            Some((p, "wait=on")) => (p, true),
-            Some((p, "wait=off")) => (p, false),
-            Some(_) => return Err(bad()),
-            None => (rest, false),
-        };
-        if path.is_empty() {
-            return Err(bad());
+        let mut parts = rest.split(',');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        let (mut wait, mut log) = (false, None);
+        for opt in parts {
+            match opt {
+                "wait=on" => wait = true,
+                "wait=off" => wait = false,
+                _ => match opt.strip_prefix("log=").filter(|p| !p.is_empty()) {
+                    Some(p) => log = Some(PathBuf::from(p)),
+                    None => return Err(bad()),
+                },
+            }
         }
         Ok(SerialConfig::Socket {
             path: path.into(),
             wait,
+            log,
         })
     }
 
@@ -158,7 +168,7 @@ impl SerialConfig {
                 .open(p)
                 .map(|f| (Box::new(f) as Box<dyn Write + Send>, None))
                 .map_err(|e| format!("{}: {e}", p.display())),
-            SerialConfig::Socket { path, wait } => open_socket(path, *wait),
+            SerialConfig::Socket { path, wait, log } => open_socket(path, *wait, log.as_deref()),
             SerialConfig::Pty => open_pty(),
         }
     }
@@ -169,6 +179,9 @@ impl SerialConfig {
 struct Client {
     stream: Option<UnixStream>,
     backlog: VecDeque<u8>,
+    /// Counts accepted clients, so the input thread knows whether the client it saw end is
+    /// still the current one.
+    generation: u64,
 }
 
 impl Client {
@@ -198,12 +211,19 @@ impl Client {
     }
 }
 
-/// Guest output towards the socket client.
-struct SocketOut(Arc<Mutex<Client>>);
+/// Guest output towards the socket client, and the log file when there is one.
+struct SocketOut {
+    client: Arc<Mutex<Client>>,
+    log: Option<File>,
+}
 
 impl Write for SocketOut {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        lock(&self.0).push(data);
+        // A log that cannot be written (a full disk) must not stop the console.
+        if let Some(f) = &mut self.log {
+            let _ = f.write_all(data);
+        }
+        lock(&self.client).push(data);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -245,9 +265,20 @@ enum Source {
 }
 
 fn open_socket(
-    path: &PathBuf,
+    path: &Path,
     wait: bool,
+    log: Option<&Path>,
 ) -> Result<(Box<dyn Write + Send>, Option<SerialInput>), String> {
+    let log = match log {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     let what = |e: std::io::Error| format!("{}: {e}", path.display());
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
@@ -264,7 +295,10 @@ fn open_socket(
         lock(&client).stream = Some(s);
     }
     Ok((
-        Box::new(SocketOut(client.clone())),
+        Box::new(SocketOut {
+            client: client.clone(),
+            log,
+        }),
         Some(SerialInput(Source::Socket { listener, client })),
     ))
 }
@@ -343,21 +377,35 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Waits until `fd` is readable (or, with `out`, writable); returns the events seen.
-fn wait_fd(fd: RawFd, out: bool) -> i16 {
-    let mut p = libc::pollfd {
+/// A poll entry for `fd`: readable, and writable too with `out`.
+fn poll_entry(fd: RawFd, out: bool) -> libc::pollfd {
+    libc::pollfd {
         fd,
         events: libc::POLLIN | if out { libc::POLLOUT } else { 0 },
         revents: 0,
-    };
-    // SAFETY: polls one open descriptor; `p` lives across the call.
-    let r = unsafe { libc::poll(&mut p, 1, -1) };
-    if r < 0 {
-        0
-    } else {
-        p.revents
     }
 }
+
+/// Waits up to `timeout_ms` (-1: forever) until one of `fds` is ready; their `revents` say
+/// which (all zero after a timeout or an error).
+fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) {
+    // SAFETY: polls descriptors the caller holds open; `fds` lives across the call and its
+    // length is passed with it.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r <= 0 {
+        fds.iter_mut().for_each(|p| p.revents = 0);
+    }
+}
+
+/// Waits until `fd` is readable (or, with `out`, writable); returns the events seen.
+fn wait_fd(fd: RawFd, out: bool) -> i16 {
+    let mut p = [poll_entry(fd, out)];
+    poll_fds(&mut p, -1);
+    p[0].revents
+}
+
+/// Events that mean "read now": data, or the peer is gone.
+const READABLE: i16 = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
 
 /// Feeds `bytes` to the UART, sleeping on the FIFO-empty event while the FIFO is full.
 fn feed(uart: &Mutex<SerialDevice>, fifo_empty: Option<&EventFd>, mut bytes: &[u8]) {
@@ -375,55 +423,100 @@ fn feed(uart: &Mutex<SerialDevice>, fifo_empty: Option<&EventFd>, mut bytes: &[u
     }
 }
 
-/// Reads from `src` (non-blocking, after poll) until it ends, feeding the UART.
-fn pump(
-    src: &dyn AsRawFdRead,
+/// What one non-blocking read of an input source gave.
+enum Got {
+    /// Some bytes, now fed to the UART.
+    Fed,
+    /// Nothing yet.
+    Nothing,
+    /// The source ended or failed.
+    End,
+}
+
+/// Reads once from `src` (non-blocking) and feeds what came to the UART.
+fn read_into_uart(
+    mut src: impl Read,
+    buf: &mut [u8],
     uart: &Mutex<SerialDevice>,
     fifo: Option<&EventFd>,
-    client: Option<&Mutex<Client>>,
+) -> Got {
+    match src.read(buf) {
+        Ok(0) => Got::End,
+        Ok(n) => {
+            feed(uart, fifo, &buf[..n]);
+            Got::Fed
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+            Got::Nothing
+        }
+        Err(_) => Got::End,
+    }
+}
+
+/// Reads the pty master (non-blocking, after poll) until it ends, feeding the UART.
+fn pump_pty(master: &File, uart: &Mutex<SerialDevice>, fifo: Option<&EventFd>) {
+    let mut buf = [0u8; 256];
+    loop {
+        if wait_fd(master.as_raw_fd(), false) & READABLE == 0 {
+            continue;
+        }
+        if let Got::End = read_into_uart(master, &mut buf, uart, fifo) {
+            return;
+        }
+    }
+}
+
+/// Serves the socket forever: accepts clients (a new one replaces the current one, which is
+/// disconnected), feeds the current client's input to the UART, and sends it the backlog as
+/// its socket takes it.
+fn serve_socket(
+    listener: &UnixListener,
+    client: &Mutex<Client>,
+    uart: &Mutex<SerialDevice>,
+    fifo: Option<&EventFd>,
 ) {
     let mut buf = [0u8; 256];
     loop {
-        let want_out = client.is_some_and(|c| !lock(c).backlog.is_empty());
-        let ev = wait_fd(src.raw(), want_out);
-        if ev & libc::POLLOUT != 0 {
-            if let Some(c) = client {
-                lock(c).drain();
+        // A descriptor of our own for the current client, so that the vCPU thread dropping
+        // the client (a failed write) cannot close what we poll.
+        let (current, generation, want_out) = {
+            let c = lock(client);
+            let s = c.stream.as_ref().and_then(|s| s.try_clone().ok());
+            (s, c.generation, !c.backlog.is_empty())
+        };
+        let mut fds = vec![poll_entry(listener.as_raw_fd(), false)];
+        if let Some(s) = &current {
+            fds.push(poll_entry(s.as_raw_fd(), want_out));
+        }
+        poll_fds(&mut fds, -1);
+        if let Some(s) = &current {
+            let ev = fds[1].revents;
+            if ev & libc::POLLOUT != 0 {
+                lock(client).drain();
+            }
+            // Input first: a client that left is noticed before a new one is accepted.
+            if ev & READABLE != 0 {
+                if let Got::End = read_into_uart(s, &mut buf, uart, fifo) {
+                    let mut c = lock(client);
+                    // Unless a new client has taken its place meanwhile.
+                    if c.generation == generation {
+                        c.stream = None;
+                    }
+                }
             }
         }
-        if ev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
-            continue;
+        if fds[0].revents & libc::POLLIN != 0 {
+            if let Ok((s, _)) = listener.accept() {
+                if s.set_nonblocking(true).is_ok() {
+                    let mut c = lock(client);
+                    if let Some(old) = c.stream.replace(s) {
+                        let _ = old.shutdown(std::net::Shutdown::Both);
+                    }
+                    c.generation += 1;
+                    c.drain();
+                }
+            }
         }
-        match src.read_some(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => feed(uart, fifo, &buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// A readable descriptor.
-trait AsRawFdRead {
-    fn raw(&self) -> RawFd;
-    fn read_some(&self, buf: &mut [u8]) -> std::io::Result<usize>;
-}
-
-impl AsRawFdRead for UnixStream {
-    fn raw(&self) -> RawFd {
-        self.as_raw_fd()
-    }
-    fn read_some(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        (&*self).read(buf)
-    }
-}
-
-impl AsRawFdRead for File {
-    fn raw(&self) -> RawFd {
-        self.as_raw_fd()
-    }
-    fn read_some(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        (&*self).read(buf)
     }
 }
 
@@ -434,28 +527,11 @@ impl SerialInput {
         std::thread::Builder::new()
             .name("serial-in".into())
             .spawn(move || match self.0 {
-                Source::Socket { listener, client } => loop {
-                    let current = lock(&client)
-                        .stream
-                        .as_ref()
-                        .and_then(|s| s.try_clone().ok());
-                    let stream = match current {
-                        Some(s) => s,
-                        None => match listener.accept() {
-                            Ok((s, _)) if s.set_nonblocking(true).is_ok() => {
-                                let mut c = lock(&client);
-                                c.stream = s.try_clone().ok();
-                                c.drain();
-                                s
-                            }
-                            _ => continue,
-                        },
-                    };
-                    pump(&stream, &uart, fifo.as_deref(), Some(&client));
-                    lock(&client).stream = None;
-                },
+                Source::Socket { listener, client } => {
+                    serve_socket(&listener, &client, &uart, fifo.as_deref())
+                }
                 Source::Pty { master, _slave } => {
-                    pump(&*master, &uart, fifo.as_deref(), None);
+                    pump_pty(&master, &uart, fifo.as_deref());
                     drop(_slave);
                 }
             })?;
@@ -480,17 +556,35 @@ mod tests {
             SerialConfig::parse("socket=/tmp/s,wait=on").unwrap(),
             SerialConfig::Socket {
                 path: "/tmp/s".into(),
-                wait: true
+                wait: true,
+                log: None
+            }
+        );
+        assert_eq!(
+            SerialConfig::parse("socket=/tmp/s,log=/tmp/console.log,wait=on").unwrap(),
+            SerialConfig::Socket {
+                path: "/tmp/s".into(),
+                wait: true,
+                log: Some("/tmp/console.log".into())
             }
         );
         assert_eq!(
             SerialConfig::parse("socket=/tmp/s").unwrap(),
             SerialConfig::Socket {
                 path: "/tmp/s".into(),
-                wait: false
+                wait: false,
+                log: None
             }
         );
-        for bad in ["", "file=", "socket=", "socket=/s,wait=maybe", "tcp=1"] {
+        for bad in [
+            "",
+            "file=",
+            "socket=",
+            "socket=/s,wait=maybe",
+            "socket=/s,log=",
+            "socket=,log=/l",
+            "tcp=1",
+        ] {
             assert!(SerialConfig::parse(bad).is_err(), "{bad}");
         }
     }
