@@ -45,7 +45,7 @@ if ! "$bin/paddock" vm show demo >/dev/null 2>&1; then
   "cpus": {"count": 1},
   "memory": {"size_mib": 256},
   "boot": {"kind": "kernel", "kernel": "$kernel", "initramfs": "$initramfs",
-           "cmdline": "console=ttyS0 quiet"},
+           "cmdline": "console=ttyS0"},
   "disks": [{"volume": "default/demo-disk", "serial": "DEMO-DISK"}]
 }
 JSON
@@ -60,9 +60,9 @@ for _ in $(seq 600); do
     case $out in *"paddock-initramfs: ready"*) break ;; esac
     sleep 0.1
 done
-printf '%s\n' "$out" | tail -n 15
+printf '%s\n' "$out" | tail -n 25
 "$bin/paddock" vm list
-"$bin/paddock" volume list
+"$bin/paddock" volume list default
 cat <<MSG
 
 paddockd is running (log: .cache/up/paddockd.log). Use it with:
@@ -70,7 +70,7 @@ paddockd is running (log: .cache/up/paddockd.log). Use it with:
     $bin/paddock vm list
     $bin/paddock vm console demo            # interactive; Ctrl-] detaches
     $bin/paddock vm stop demo && $bin/paddock vm start demo
-    $bin/paddock pool list && $bin/paddock volume list
+    $bin/paddock pool list && $bin/paddock volume list default
     $bin/paddock network define lan --ipv4 10.77.0.1/24 --nat --dhcp 10.77.0.50-10.77.0.99
     $bin/paddock vm delete demo
     $bin/paddock image --help        # the disk engine works without the daemon
