@@ -51,20 +51,7 @@ pub fn run(args: TokenArgs, remote: &RemoteArgs) -> ExitCode {
         .and_then(|client| execute(&client, args.command, args.json));
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if args.json {
-                let (status, field) = match &e {
-                    ClientError::Api { status, body } => (Some(*status), body.field.clone()),
-                    _ => (None, None),
-                };
-                print_json(&serde_json::json!({
-                    "error": e.to_string(), "field": field, "status": status
-                }));
-            } else {
-                eprintln!("paddock: {e}");
-            }
-            ExitCode::from(1)
-        }
+        Err(e) => crate::output::client_failure(&e, args.json),
     }
 }
 
@@ -79,22 +66,7 @@ fn table(tokens: &[Token]) -> String {
             or_dash(&t.expires_at),
         ]);
     }
-    let mut widths = [0usize; 4];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    rows.iter()
-        .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            format!("{}\n", cells.join("  ").trim_end())
-        })
-        .collect()
+    crate::output::table(&rows)
 }
 
 fn execute(client: &Client, command: TokenCommand, json: bool) -> Result<(), ClientError> {

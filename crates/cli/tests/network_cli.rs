@@ -2,45 +2,13 @@
 //! own (so the bridge it makes lives and dies there): tables, `--json`, errors with their
 //! field, delete.
 
+mod common;
+
+use common::{paddockd, text};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-fn paddock(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("network")
-        .args(args)
-        .env("PADDOCK_SOCKET", socket)
-        .output()
-        .expect("run paddock")
-}
-
-/// paddockd, built into the same target directory as this test's `paddock`.
-fn paddockd() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_paddock"));
-    let profile = bin.parent().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "paddockd",
-            "--bin",
-            "paddockd",
-            "--manifest-path",
-        ])
-        .arg(root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(profile.parent().unwrap())
-        .output()
-        .expect("run cargo for paddockd");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    profile.join("paddockd")
-}
 
 /// A network namespace with a paddockd in it; both go on drop.
 struct NsDaemon {
@@ -94,6 +62,16 @@ fn start(dir: &Path) -> Option<(NsDaemon, PathBuf)> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Some((d, socket))
+}
+
+/// Runs `paddock network ARGS` against the daemon on `socket`.
+fn paddock(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .arg("network")
+        .args(args)
+        .env("PADDOCK_SOCKET", socket)
+        .output()
+        .expect("run paddock")
 }
 
 #[test]

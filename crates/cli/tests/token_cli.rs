@@ -1,38 +1,15 @@
 //! `paddock token` on the daemon's socket, and `paddock --host` over TCP + TLS with a token,
 //! trusting the daemon's self-signed certificate by `--ca-cert` or by `--fingerprint`.
 
+mod common;
+
+use common::{paddockd, text};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-/// paddockd, built into the same target directory as this test's `paddock`.
-fn paddockd() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_paddock"));
-    let profile = bin.parent().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "paddockd",
-            "--bin",
-            "paddockd",
-            "--manifest-path",
-        ])
-        .arg(root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(profile.parent().unwrap())
-        .output()
-        .expect("run cargo for paddockd");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    profile.join("paddockd")
-}
 
 /// A daemon with a TLS listener; ends it when dropped.
 struct Daemon {

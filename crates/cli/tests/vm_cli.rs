@@ -1,9 +1,12 @@
 //! `paddock vm` against a real paddockd (built by cargo next to `paddock`): tables and
 //! `--json`, errors that say what to do, `--socket` and `PADDOCK_SOCKET`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{start_daemon, text};
+
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn paddock(socket: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_paddock"))
@@ -12,64 +15,6 @@ fn paddock(socket: &Path, args: &[&str]) -> Output {
         .env("PADDOCK_SOCKET", socket)
         .output()
         .expect("run paddock")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-/// paddockd, built into the same target directory as this test's `paddock`.
-fn paddockd() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_paddock"));
-    let profile = bin.parent().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "paddockd",
-            "--bin",
-            "paddockd",
-            "--manifest-path",
-        ])
-        .arg(root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(profile.parent().unwrap())
-        .output()
-        .expect("run cargo for paddockd");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    profile.join("paddockd")
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_daemon(dir: &Path) -> (Daemon, PathBuf) {
-    let socket = dir.join("d.sock");
-    let child = Command::new(paddockd())
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .arg("--vmm")
-        .arg("/nonexistent/paddock-vmm")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "paddockd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Daemon(child), socket)
 }
 
 #[test]

@@ -4,26 +4,8 @@ use paddock_api::storage::{Pool, Task, Volume};
 
 use crate::output::human_size;
 
-/// Rows as an aligned table (the first row is the header).
 fn render(rows: Vec<Vec<String>>) -> String {
-    let n = rows.first().map_or(0, Vec::len);
-    let mut widths = vec![0usize; n];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::output::table(&rows)
 }
 
 fn header(cols: &[&str]) -> Vec<String> {
