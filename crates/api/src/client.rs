@@ -192,6 +192,11 @@ impl Client {
         self.json("GET", "/api/v1/vms", None)
     }
 
+    /// Every VM as a summary (no spec): what a table shows, cheaper for many VMs.
+    pub fn list_summaries(&self) -> Result<Vec<crate::VmSummary>, ClientError> {
+        self.json("GET", "/api/v1/vms?view=summary", None)
+    }
+
     /// One VM.
     pub fn get(&self, name: &str) -> Result<Vm, ClientError> {
         self.json("GET", &format!("/api/v1/vms/{}", segment(name)), None)

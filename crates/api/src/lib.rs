@@ -24,7 +24,7 @@ pub mod types;
 
 pub use client::{Client, ClientError};
 pub use remote::{Remote, RemoteError, Trust};
-pub use types::{AuditEntry, ErrorBody, Event, StopRequest, Vm, VmState};
+pub use types::{AuditEntry, ErrorBody, Event, StopRequest, Vm, VmState, VmSummary};
 
 /// The default path of the daemon's socket.
 pub const DEFAULT_SOCKET: &str = "/run/paddock/paddockd.sock";

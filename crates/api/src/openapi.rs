@@ -69,8 +69,15 @@ fn paths() -> Value {
     }}));
     p.insert("/api/v1/vms".into(), json!({
         "get": {
-            "operationId": "listVms", "summary": "Every VM, by name.",
-            "responses": { "200": json_response("The VMs.", json!({ "type": "array", "items": schema_ref("Vm") })) }
+            "operationId": "listVms", "summary": "Every VM, by name: full records, or with `view=summary` summaries without specs (a quarter of the size, for tables of many VMs).",
+            "parameters": [{
+                "name": "view", "in": "query", "required": false,
+                "schema": { "type": "string", "enum": ["full", "summary"], "default": "full" }
+            }],
+            "responses": {
+                "200": json_response("The VMs: `Vm` records, or `VmSummary` records with `view=summary`.", json!({ "type": "array", "items": { "oneOf": [schema_ref("Vm"), schema_ref("VmSummary")] } })),
+                "422": error_response("`view` is neither full nor summary."),
+            }
         },
         "post": {
             "operationId": "defineVm", "summary": "Defines a VM from a spec; it starts in state `defined`.",
@@ -186,6 +193,15 @@ pub fn document() -> Value {
             "error": { "type": "string", "description": "What went wrong and what to do." },
             "field": { "type": "string", "description": "The request field at fault.", "example": "memory.size_mib" } } },
         "VmState": { "type": "string", "enum": states },
+        "VmSummary": { "type": "object", "required": ["id", "name", "state", "driver", "cpus", "memory_mib"], "properties": {
+            "id": { "type": "string", "format": "uuid" },
+            "name": { "type": "string" },
+            "state": schema_ref("VmState"),
+            "driver": { "type": "string", "example": "paddock-vmm" },
+            "cpus": { "type": "integer", "minimum": 1 },
+            "memory_mib": { "type": "integer", "minimum": 1 },
+            "pid": { "type": "integer" }
+        }, "additionalProperties": false },
         "Vm": { "type": "object", "required": ["id", "name", "spec", "state", "driver", "created_at", "updated_at"], "properties": {
             "id": { "type": "string", "format": "uuid" },
             "name": { "type": "string" },

@@ -107,6 +107,28 @@ pub struct Vm {
     pub message: Option<String>,
 }
 
+/// A VM in a list, without its spec (`GET /api/v1/vms?view=summary`): what a table of VMs
+/// shows, at a quarter of the full record's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSummary {
+    /// Stable identifier.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Current state.
+    pub state: VmState,
+    /// The driver that runs it.
+    pub driver: String,
+    /// vCPUs in its spec.
+    pub cpus: u32,
+    /// Guest memory in MiB in its spec.
+    pub memory_mib: u64,
+    /// Process id of its VMM while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -106,8 +106,27 @@ async fn openapi() -> Json<serde_json::Value> {
     Json(paddock_api::openapi::document())
 }
 
-async fn list(State(sup): Sup) -> Result<Json<Vec<Vm>>, OpError> {
-    Ok(Json(sup.list()?))
+/// `GET /api/v1/vms?view=full|summary`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    view: Option<String>,
+}
+
+async fn list(
+    State(sup): Sup,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, OpError> {
+    let bad = || OpError::Invalid {
+        field: "view".into(),
+        message: "the query takes view=full (the default) or view=summary".into(),
+    };
+    match query.map_err(|_| bad())?.0.view.as_deref() {
+        None | Some("full") => Ok(Json(sup.list()?).into_response()),
+        Some("summary") => Ok(Json(sup.store().summaries()?).into_response()),
+        Some(_) => Err(bad()),
+    }
 }
 
 async fn show(State(sup): Sup, Path(name): Path<String>) -> Result<Json<Vm>, OpError> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use paddock_api::{AuditEntry, Vm};
+use paddock_api::{AuditEntry, Vm, VmSummary};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
@@ -223,6 +223,46 @@ impl Store {
         let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM vms ORDER BY name"))?;
         let rows = stmt.query_map([], decode)?;
         rows.map(|r| finish(r?)).collect()
+    }
+
+    /// Every VM as a summary, by name: the spec's sizes are read by SQLite (`json_extract`),
+    /// so no spec is decoded.
+    pub fn summaries(&self) -> Result<Vec<VmSummary>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, name, state, driver, pid,
+                    json_extract(spec, '$.cpus.count'), json_extract(spec, '$.memory.size_mib')
+             FROM vms ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<u32>>(4)?,
+                r.get::<_, Option<u32>>(5)?,
+                r.get::<_, Option<u64>>(6)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (id, name, state, driver, pid, cpus, memory_mib) = r?;
+            let corrupt = |message: String| StoreError::Corrupt {
+                id: id.clone(),
+                message,
+            };
+            Ok(VmSummary {
+                id: Uuid::parse_str(&id).map_err(|e| corrupt(format!("id: {e}")))?,
+                state: state.parse().map_err(corrupt)?,
+                name,
+                driver,
+                // A spec without a count takes the default of one vCPU.
+                cpus: cpus.unwrap_or(1),
+                memory_mib: memory_mib.ok_or_else(|| corrupt("spec: no memory size".into()))?,
+                pid,
+            })
+        })
+        .collect()
     }
 
     /// Appends to the audit log.

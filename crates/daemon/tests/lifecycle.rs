@@ -105,3 +105,41 @@ fn a_guest_that_fails_is_recorded_crashed_with_its_status() {
     assert_ne!(status, 0);
     assert!(vm.message.unwrap().contains(&status.to_string()));
 }
+
+#[test]
+fn list_summaries_match_the_full_records() {
+    if !kvm_available("list_summaries_match_the_full_records") {
+        return;
+    }
+    let d = Daemon::start();
+    let c = d.client();
+    d.define("w1", "wait");
+    let pid = c.action("w1", Action::Start, None).unwrap().pid.unwrap();
+    // The summary view says the same as the full records, without specs.
+    d.define("w2", "wait");
+    let full = c.list().unwrap();
+    let summaries = c.list_summaries().unwrap();
+    assert_eq!(summaries.len(), 2);
+    for (f, s) in full.iter().zip(&summaries) {
+        assert_eq!(
+            (&f.name, f.id, f.state, &f.driver),
+            (&s.name, s.id, s.state, &s.driver)
+        );
+        assert_eq!(
+            (f.spec.cpus.count, f.spec.memory.size_mib, f.pid),
+            (s.cpus, s.memory_mib, s.pid)
+        );
+    }
+    assert_eq!(summaries[0].pid, Some(pid));
+    let (status, e) = d.call("GET", "/api/v1/vms?view=tiny", None);
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(e["field"], "view");
+    c.action(
+        "w1",
+        Action::Stop,
+        Some(StopRequest {
+            timeout_secs: Some(0),
+        }),
+    )
+    .unwrap();
+}

@@ -123,11 +123,10 @@ fn execute(client: &Client, command: VmCommand, json: bool) -> Result<(), Client
             show(client.define_json(&body)?)
         }
         VmCommand::List => {
-            let vms = client.list()?;
             if json {
-                print_json(&vms);
+                print_json(&client.list()?);
             } else {
-                print!("{}", table::list(&vms));
+                print!("{}", table::list(&client.list_summaries()?));
             }
         }
         VmCommand::Show { name } => show(client.get(&name)?),

@@ -1,18 +1,18 @@
 //! Human output for `paddock vm`: a table for lists, `key: value` lines for one VM.
 
-use paddock_api::Vm;
+use paddock_api::{Vm, VmSummary};
 
 use crate::output::human_size;
 
 /// The VM list as an aligned table.
-pub fn list(vms: &[Vm]) -> String {
+pub fn list(vms: &[VmSummary]) -> String {
     let mut rows = vec![["NAME", "STATE", "CPUS", "MEMORY", "PID", "DRIVER"].map(String::from)];
     for vm in vms {
         rows.push([
             vm.name.clone(),
             vm.state.to_string(),
-            vm.spec.cpus.count.to_string(),
-            human_size(vm.spec.memory.size_mib << 20),
+            vm.cpus.to_string(),
+            human_size(vm.memory_mib << 20),
             vm.pid.map_or("-".into(), |p| p.to_string()),
             vm.driver.clone(),
         ]);
