@@ -85,7 +85,7 @@ def wait_for(cond, what, limit=30):
     while time.monotonic() < deadline:
         if cond():
             return
-        time.sleep(0.005)
+        time.sleep(0.001)
     raise RuntimeError(f"timed out waiting for {what}")
 
 

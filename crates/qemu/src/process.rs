@@ -119,6 +119,9 @@ impl QemuVm {
             exited: None,
         };
         let deadline = Instant::now() + opts.start_timeout;
+        // 1, 2, 4 ... 16 ms between tries: QEMU listens within tens of milliseconds, and the
+        // wait ends at once if it exits instead.
+        let mut pause = Duration::from_millis(1);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -136,13 +139,14 @@ impl QemuVm {
                 }
                 // Not listening yet: wait a little, or until the process exits.
                 Err(QmpError::Io { .. }) => {
-                    if vm.wait_exit(left.min(Duration::from_millis(20))) {
+                    if vm.wait_exit(left.min(pause)) {
                         let status = vm.exit_status().unwrap_or(ExitStatus::from_raw(0));
                         return Err(Error::StartFailed {
                             status,
                             log: log_tail(&log_path, log_start),
                         });
                     }
+                    pause = (pause * 2).min(Duration::from_millis(16));
                 }
                 Err(e) => {
                     if vm.wait_exit(Duration::ZERO) {
