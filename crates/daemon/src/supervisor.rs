@@ -429,7 +429,7 @@ impl Supervisor {
                 return self.exited_during_start(vm, &paths, code);
             }
             let (d, l) = (driver.clone(), live.clone());
-            match blocking(move || d.status(&l.process)).await? {
+            match blocking(move || d.ready(&l.process)).await? {
                 Ok(_) => break,
                 Err(e) if Instant::now() >= deadline => {
                     let d = driver.clone();

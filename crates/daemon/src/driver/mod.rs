@@ -185,6 +185,12 @@ pub trait Driver: Send + Sync {
     /// Asks the VMM how the VM is (fails while it is still starting, or gone).
     fn status(&self, process: &Process) -> Result<Status, DriverError>;
 
+    /// Whether a VMM that was just started answers on its control socket: the cheapest
+    /// question that proves it (by default a full [`Driver::status`]).
+    fn ready(&self, process: &Process) -> Result<(), DriverError> {
+        self.status(process).map(drop)
+    }
+
     /// Re-attaches to a VMM a previous daemon started: `pid` must be alive, be this VM's
     /// VMM (its command line names the VM's config), and answer on its control socket.
     fn attach(&self, pid: u32, paths: &VmPaths) -> Result<Process, DriverError>;

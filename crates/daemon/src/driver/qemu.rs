@@ -171,6 +171,18 @@ impl Driver for Qemu {
         self.qmp(p, "resume", |q| q.cont())
     }
 
+    /// `start` returns only once QEMU answered on QMP (greeting and capabilities), so a
+    /// process that is still there is ready.
+    fn ready(&self, p: &Process) -> Result<(), DriverError> {
+        if p.has_exited() {
+            return Err(DriverError::Control {
+                op: "ready".into(),
+                message: "QEMU exited right after answering".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn status(&self, p: &Process) -> Result<Status, DriverError> {
         let (st, cpus, mem, blocks) = self.qmp(p, "status", |q| {
             let st = q.query_status()?;

@@ -238,6 +238,11 @@ impl Driver for PaddockVmm {
         self.control(p, "PUT", "/api/v1/vm/resume").map(drop)
     }
 
+    /// One `GET /api/v1/vm` (no counters).
+    fn ready(&self, p: &Process) -> Result<(), DriverError> {
+        self.control(p, "GET", "/api/v1/vm").map(drop)
+    }
+
     fn status(&self, p: &Process) -> Result<Status, DriverError> {
         let vm = self.control(p, "GET", "/api/v1/vm")?;
         let state = match vm["state"].as_str() {
