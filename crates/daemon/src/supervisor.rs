@@ -445,10 +445,11 @@ impl Supervisor {
                     return Err(OpError::Driver(msg));
                 }
                 Err(_) => {
-                    // 1, 2, 4 ... 32 ms: a VMM answers within milliseconds of its start, and
-                    // the exit watcher ends the wait at once if it dies instead.
+                    // 1 ms, then 2 ms: a VMM answers within milliseconds of its start, a
+                    // refused connect costs microseconds, and a longer step would be added to
+                    // every start; the exit watcher ends the wait at once if it dies instead.
                     let _ = tokio::time::timeout(poll, exit_rx.changed()).await;
-                    poll = (poll * 2).min(Duration::from_millis(32));
+                    poll = Duration::from_millis(2);
                 }
             }
         }

@@ -119,8 +119,9 @@ impl QemuVm {
             exited: None,
         };
         let deadline = Instant::now() + opts.start_timeout;
-        // 1, 2, 4 ... 16 ms between tries: QEMU listens within tens of milliseconds, and the
-        // wait ends at once if it exits instead.
+        // 1 ms, then 2 ms between tries: QEMU listens within tens of milliseconds, a failed
+        // connect costs microseconds, and a longer step would be added to every start (the
+        // wait ends at once if QEMU exits instead).
         let mut pause = Duration::from_millis(1);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -146,7 +147,7 @@ impl QemuVm {
                             log: log_tail(&log_path, log_start),
                         });
                     }
-                    pause = (pause * 2).min(Duration::from_millis(16));
+                    pause = Duration::from_millis(2);
                 }
                 Err(e) => {
                     if vm.wait_exit(Duration::ZERO) {
