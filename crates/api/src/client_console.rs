@@ -37,6 +37,13 @@ impl Client {
             socket: self.socket().to_path_buf(),
             message,
         };
+        if self.remote.is_some() {
+            return Err(protocol(format!(
+                "{path}: the console and event WebSockets are served on the daemon's Unix \
+                 socket only for now; run paddock on the daemon's host (`paddock vm console \
+                 --log` reads the console log over --host)"
+            )));
+        }
         let stream =
             UnixStream::connect(self.socket()).map_err(|source| ClientError::Unreachable {
                 socket: self.socket().to_path_buf(),

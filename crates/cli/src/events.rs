@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use paddock_api::client_console::{Message, WsError};
-use paddock_api::{Client, Event};
+use paddock_api::Event;
 
 /// Options of `paddock events`.
 #[derive(Args, Debug)]
@@ -68,7 +68,7 @@ fn line(ev: &Event) -> String {
 }
 
 /// Runs `paddock events`.
-pub fn run(args: EventsArgs) -> ExitCode {
+pub fn run(args: EventsArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
     let fail = |msg: String| {
         if args.json {
             // Not print_json: stdout may be a pipe the reader has closed.
@@ -78,7 +78,11 @@ pub fn run(args: EventsArgs) -> ExitCode {
         }
         ExitCode::from(1)
     };
-    let mut ws = match Client::new(&args.socket).events_ws() {
+    let client = match remote.client(&args.socket) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut ws = match client.events_ws() {
         Ok(ws) => ws,
         Err(e) => return fail(e.to_string()),
     };

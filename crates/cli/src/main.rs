@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         Command::Volume(args) => storage::volume::execute(args, &cli.remote),
         Command::Task(args) => storage::task::execute(args, &cli.remote),
         Command::Network(args) => network::run(args, &cli.remote),
-        Command::Events(args) => events::run(args),
+        Command::Events(args) => events::run(args, &cli.remote),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

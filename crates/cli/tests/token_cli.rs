@@ -271,6 +271,20 @@ fn remote_errors_say_what_to_do() {
         text(&o.stderr)
     );
 
+    // The WebSockets (events, interactive console) are local only: said, not silently
+    // answered by the local socket.
+    for cmd in [&["events"][..], &["vm", "console", "x"][..]] {
+        let mut args = vec!["--host", &d.url, "--ca-cert", cert, "--token", &secret];
+        args.extend_from_slice(cmd);
+        let o = paddock(&d, &args, &[]);
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}");
+        assert!(
+            text(&o.stderr).contains("Unix socket only"),
+            "{cmd:?}: {}",
+            text(&o.stderr)
+        );
+    }
+
     // A revoked token: 401.
     assert!(paddock(&d, &["token", "revoke", "ci"], &[])
         .status
