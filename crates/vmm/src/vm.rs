@@ -342,13 +342,12 @@ pub fn run_with(mut cfg: VmConfig, opts: RunOptions) -> Result<ExitStatus, VmErr
         None => None,
     };
     let mem = memory::create(cfg.memory)?;
-    let kvm = Arc::new(KvmVm::create()?);
+    let kvm = Arc::new(KvmVm::create_with_memory(&mem, cfg.dirty_log)?);
     if opts.async_teardown {
         if let Err(e) = crate::teardown::start(std::os::fd::AsRawFd::as_raw_fd(&kvm.vm)) {
             eprintln!("paddock-vmm: no asynchronous teardown: {e}");
         }
     }
-    kvm.register_memory(&mem, cfg.dirty_log)?;
     regs::write_boot_tables(&mem)?;
     let entry = boot::load_smp(&mem, &cfg.boot, cfg.cpus)?;
     let pci = build_pci(&cfg, &mem, &kvm)?;
