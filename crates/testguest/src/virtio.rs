@@ -8,6 +8,8 @@ use core::sync::atomic::{fence, Ordering};
 
 use crate::pci;
 
+pub mod ring;
+
 /// Status bits.
 pub const ACKNOWLEDGE: u8 = 1;
 /// The guest has a driver.

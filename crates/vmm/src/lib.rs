@@ -16,5 +16,6 @@ pub mod memory;
 pub mod net;
 pub mod pci;
 pub mod seccomp;
+pub mod teardown;
 pub mod vcpu;
 pub mod vm;

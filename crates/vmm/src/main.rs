@@ -71,6 +71,11 @@ struct Args {
     /// filter forbids, which must kill the process.
     #[arg(long, hide = true, value_parser = ThreadKind::parse)]
     seccomp_selftest: Option<ThreadKind>,
+    /// Let a helper process destroy the VM after this one exits (saves the kernel's 15-30 ms
+    /// VM teardown under nested KVM). The helper is reparented when the VMM exits: use it only
+    /// where the reaper (init, or a subreaper such as the daemon) reaps orphans.
+    #[arg(long)]
+    async_teardown: bool,
     /// A virtio-net device on a TAP interface (repeatable): tap=NAME[,mac=52:54:00:xx:xx:xx].
     #[arg(long = "net", value_name = "OPTIONS", value_parser = NetConfig::parse)]
     nets: Vec<NetConfig>,
@@ -187,8 +192,9 @@ fn main() -> ExitCode {
         api_socket: args.api_socket,
         seccomp: args.seccomp == "on",
         seccomp_selftest: args.seccomp_selftest,
+        async_teardown: args.async_teardown,
     };
-    match vm::run_with(cfg, opts) {
+    let code = match vm::run_with(cfg, opts) {
         Ok(status) => {
             eprintln!("paddock-vmm: {}", status.reason);
             ExitCode::from(status.code.clamp(0, 255) as u8)
@@ -197,5 +203,7 @@ fn main() -> ExitCode {
             eprintln!("paddock-vmm: {e}");
             ExitCode::from(1)
         }
-    }
+    };
+    paddock_vmm::teardown::finish();
+    code
 }

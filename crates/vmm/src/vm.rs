@@ -61,6 +61,9 @@ pub struct RunOptions {
     pub seccomp: bool,
     /// Make the first thread of this kind call a forbidden syscall (tests of the filters).
     pub seccomp_selftest: Option<ThreadKind>,
+    /// Destroy the VM in a helper process after this one exits ([`crate::teardown`]); the
+    /// caller then calls [`crate::teardown::finish`] just before exiting.
+    pub async_teardown: bool,
 }
 
 impl Default for RunOptions {
@@ -69,6 +72,7 @@ impl Default for RunOptions {
             api_socket: None,
             seccomp: true,
             seccomp_selftest: None,
+            async_teardown: false,
         }
     }
 }
@@ -338,8 +342,12 @@ pub fn run_with(mut cfg: VmConfig, opts: RunOptions) -> Result<ExitStatus, VmErr
         None => None,
     };
     let mem = memory::create(cfg.memory)?;
-    let kvm = Arc::new(KvmVm::create()?);
-    kvm.register_memory(&mem, cfg.dirty_log)?;
+    let kvm = Arc::new(KvmVm::create_with_memory(&mem, cfg.dirty_log)?);
+    if opts.async_teardown {
+        if let Err(e) = crate::teardown::start(std::os::fd::AsRawFd::as_raw_fd(&kvm.vm)) {
+            eprintln!("paddock-vmm: no asynchronous teardown: {e}");
+        }
+    }
     regs::write_boot_tables(&mem)?;
     let entry = boot::load_smp(&mem, &cfg.boot, cfg.cpus)?;
     let pci = build_pci(&cfg, &mem, &kvm)?;

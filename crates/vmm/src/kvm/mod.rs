@@ -48,15 +48,26 @@ pub struct KvmVm {
 impl KvmVm {
     /// Opens KVM and creates a VM with an in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
     pub fn create() -> Result<Self, KvmError> {
+        let vm = Self::create_bare()?;
+        vm.create_irqchip_and_pit()?;
+        Ok(vm)
+    }
+
+    /// Like [`KvmVm::create`] with `mem` registered, before the irqchip and PIT exist: under
+    /// nested KVM (PVM) the first memory slot of a VM that already has an in-kernel irqchip
+    /// waits about 4 ms longer (measured: 3.9 ms for the whole set-up in this order, 7.9 ms
+    /// the other way round).
+    pub fn create_with_memory(mem: &GuestMem, dirty_log: bool) -> Result<Self, KvmError> {
+        let vm = Self::create_bare()?;
+        vm.register_memory(mem, dirty_log)?;
+        vm.create_irqchip_and_pit()?;
+        Ok(vm)
+    }
+
+    fn create_bare() -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(KvmError::Open)?;
         let vm = ioctl("KVM_CREATE_VM", kvm.create_vm())?;
         ioctl("KVM_SET_TSS_ADDR", vm.set_tss_address(TSS_ADDRESS))?;
-        ioctl("KVM_CREATE_IRQCHIP", vm.create_irq_chip())?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        ioctl("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
         let supported_cpuid = ioctl(
             "KVM_GET_SUPPORTED_CPUID",
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
@@ -66,6 +77,15 @@ impl KvmVm {
             vm,
             supported_cpuid,
         })
+    }
+
+    fn create_irqchip_and_pit(&self) -> Result<(), KvmError> {
+        ioctl("KVM_CREATE_IRQCHIP", self.vm.create_irq_chip())?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        ioctl("KVM_CREATE_PIT2", self.vm.create_pit2(pit))
     }
 
     /// Registers every region of `mem` as a KVM memory slot, with dirty logging if asked.

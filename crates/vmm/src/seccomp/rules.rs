@@ -164,6 +164,8 @@ pub fn for_kind(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_fdatasync,
                     libc::SYS_ftruncate,
                     libc::SYS_fallocate,
+                    // Asynchronous teardown closes every descriptor but the VM's at exit.
+                    libc::SYS_close_range,
                 ],
             );
             // Kicking vCPU threads (pause, stop) and nothing else.

@@ -20,7 +20,7 @@ pub use worker::QueueHandler;
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 /// Feature bit: indirect descriptors (not offered).
 pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
-/// Feature bit: used/avail event index (not offered).
+/// Feature bit: used/avail event index (offered by virtio-blk).
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 
 /// Device status: the guest noticed the device.

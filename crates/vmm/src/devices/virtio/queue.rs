@@ -16,6 +16,8 @@ pub const DESC_F_WRITE: u16 = 2;
 pub const DESC_F_INDIRECT: u16 = 4;
 /// Avail flag: the driver does not want interrupts.
 pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Used flag: the device does not want notifications (it is draining the queue).
+pub const USED_F_NO_NOTIFY: u16 = 1;
 /// Largest queue size of a split virtqueue.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
@@ -75,7 +77,7 @@ pub struct Descriptor {
 }
 
 /// A validated chain: readable buffers first, then writable ones, all inside guest memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DescriptorChain {
     /// Head index, returned in the used ring.
     pub head: u16,
@@ -84,13 +86,20 @@ pub struct DescriptorChain {
 }
 
 impl DescriptorChain {
+    /// Where the writable buffers start (a validated chain has all readable ones first).
+    fn split(&self) -> usize {
+        self.descs
+            .iter()
+            .position(|d| d.writable)
+            .unwrap_or(self.descs.len())
+    }
     /// Device-readable buffers.
-    pub fn readable(&self) -> impl Iterator<Item = &Descriptor> {
-        self.descs.iter().filter(|d| !d.writable)
+    pub fn readable(&self) -> std::slice::Iter<'_, Descriptor> {
+        self.descs[..self.split()].iter()
     }
     /// Device-writable buffers.
-    pub fn writable(&self) -> impl Iterator<Item = &Descriptor> {
-        self.descs.iter().filter(|d| d.writable)
+    pub fn writable(&self) -> std::slice::Iter<'_, Descriptor> {
+        self.descs[self.split()..].iter()
     }
     /// Total bytes of the readable buffers.
     pub fn readable_len(&self) -> u64 {
@@ -111,6 +120,10 @@ pub struct Queue {
     used: GuestAddress,
     next_avail: u16,
     next_used: u16,
+    /// VIRTIO_RING_F_EVENT_IDX was negotiated: `used_event`/`avail_event` replace the flags.
+    event_idx: bool,
+    /// The used index when the device last decided whether to interrupt (EVENT_IDX).
+    signalled_used: u16,
 }
 
 fn in_mem(mem: &GuestMem, addr: GuestAddress, len: u64) -> bool {
@@ -153,6 +166,8 @@ impl Queue {
             used: GuestAddress(used),
             next_avail: 0,
             next_used: 0,
+            event_idx: false,
+            signalled_used: 0,
         })
     }
 
@@ -168,10 +183,24 @@ impl Queue {
 
     /// Takes the next available chain, validated; `None` when the driver has made none.
     pub fn pop(&mut self, mem: &GuestMem) -> Result<Option<DescriptorChain>, ChainError> {
+        let mut chain = DescriptorChain {
+            head: 0,
+            descs: Vec::new(),
+        };
+        Ok(self.pop_into(mem, &mut chain)?.then_some(chain))
+    }
+
+    /// Like [`Queue::pop`], but fills `chain`, reusing its allocation; returns whether a
+    /// chain was available.
+    pub fn pop_into(
+        &mut self,
+        mem: &GuestMem,
+        chain: &mut DescriptorChain,
+    ) -> Result<bool, ChainError> {
         let avail_idx = self.read_u16(mem, self.avail.unchecked_add(2))?;
         let ahead = avail_idx.wrapping_sub(self.next_avail);
         if ahead == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         if ahead > self.size {
             return Err(ChainError::AvailOverrun {
@@ -184,13 +213,19 @@ impl Queue {
         fence(Ordering::Acquire);
         let slot = (self.next_avail % self.size) as u64;
         let head = self.read_u16(mem, self.avail.unchecked_add(4 + 2 * slot))?;
-        let chain = self.walk(mem, head)?;
+        chain.head = head;
+        self.walk(mem, head, &mut chain.descs)?;
         self.next_avail = self.next_avail.wrapping_add(1);
-        Ok(Some(chain))
+        Ok(true)
     }
 
-    fn walk(&self, mem: &GuestMem, head: u16) -> Result<DescriptorChain, ChainError> {
-        let mut descs = Vec::new();
+    fn walk(
+        &self,
+        mem: &GuestMem,
+        head: u16,
+        descs: &mut Vec<Descriptor>,
+    ) -> Result<(), ChainError> {
+        descs.clear();
         let mut idx = head;
         let mut seen_write = false;
         loop {
@@ -224,7 +259,7 @@ impl Queue {
                 writable,
             });
             if flags & DESC_F_NEXT == 0 {
-                return Ok(DescriptorChain { head, descs });
+                return Ok(());
             }
             idx = next;
         }
@@ -232,6 +267,13 @@ impl Queue {
 
     /// Returns chain `head` to the driver with `len` bytes written.
     pub fn add_used(&mut self, mem: &GuestMem, head: u16, len: u32) -> Result<(), ChainError> {
+        self.push_used(mem, head, len)?;
+        self.publish_used(mem)
+    }
+
+    /// Writes the used element for chain `head` without publishing it: the driver sees it
+    /// after the next [`Queue::publish_used`] (one index store for a batch).
+    pub fn push_used(&mut self, mem: &GuestMem, head: u16, len: u32) -> Result<(), ChainError> {
         let slot = (self.next_used % self.size) as u64;
         let elem = self.used.unchecked_add(4 + 8 * slot);
         let mut raw = [0u8; 8];
@@ -240,31 +282,28 @@ impl Queue {
         mem.write_slice(&raw, elem)
             .map_err(|_| ChainError::UsedRing(elem.0))?;
         self.next_used = self.next_used.wrapping_add(1);
-        // The element must be visible before the index that publishes it.
+        Ok(())
+    }
+
+    /// Publishes every used element pushed so far with one store of the used index.
+    pub fn publish_used(&mut self, mem: &GuestMem) -> Result<(), ChainError> {
+        // The elements must be visible before the index that publishes them.
         fence(Ordering::Release);
         mem.write_obj(self.next_used, self.used.unchecked_add(2))
             .map_err(|_| ChainError::UsedRing(self.used.0 + 2))
-    }
-
-    /// Whether the driver wants an interrupt for used buffers (no EVENT_IDX: the avail flag).
-    pub fn needs_interrupt(&self, mem: &GuestMem) -> bool {
-        fence(Ordering::SeqCst);
-        self.read_u16(mem, self.avail)
-            .map(|f| f & AVAIL_F_NO_INTERRUPT == 0)
-            .unwrap_or(true)
     }
 }
 
 /// Copies between guest buffers and host memory as one contiguous stream.
 pub struct Segments<'a> {
-    descs: Vec<&'a Descriptor>,
+    descs: &'a [Descriptor],
 }
 
 impl<'a> Segments<'a> {
-    /// The stream over `descs`.
-    pub fn new(descs: impl Iterator<Item = &'a Descriptor>) -> Self {
+    /// The stream over `descs` (from [`DescriptorChain::readable`] or `writable`).
+    pub fn new(descs: std::slice::Iter<'a, Descriptor>) -> Self {
         Segments {
-            descs: descs.collect(),
+            descs: descs.as_slice(),
         }
     }
 
@@ -273,15 +312,16 @@ impl<'a> Segments<'a> {
         self.descs.iter().map(|d| d.len as u64).sum()
     }
 
-    /// Calls `f(guest address, length)` for the bytes `[offset, offset + len)` of the stream.
-    fn for_range(
+    /// Calls `f(guest address, offset in the range, length)` for each piece of the bytes
+    /// `[offset, offset + len)` of the stream.
+    pub fn for_range(
         &self,
         mut offset: u64,
         mut len: u64,
         mut f: impl FnMut(GuestAddress, usize, usize) -> Result<(), ChainError>,
     ) -> Result<(), ChainError> {
         let mut done = 0usize;
-        for d in &self.descs {
+        for d in self.descs {
             if len == 0 {
                 break;
             }
@@ -327,5 +367,6 @@ impl<'a> Segments<'a> {
     }
 }
 
+mod notify;
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,15 @@ pub trait QueueHandler: Send {
         mem: &GuestMem,
     ) -> Result<bool, ChainError>;
 
+    /// Whether the worker should drain this handler's queues with notifications suppressed:
+    /// on a wake-up it sets VRING_USED_F_NO_NOTIFY (or leaves `avail_event` behind), calls
+    /// [`QueueHandler::process`] until the avail ring is empty, and re-enables and re-checks
+    /// before sleeping. Only for handlers whose `process` consumes every available chain
+    /// (not receive queues that hold buffers for later); `false` by default.
+    fn drains_queues(&self) -> bool {
+        false
+    }
+
     /// A descriptor that becomes readable when the backend has work (typically an epoll fd
     /// of the handler's own); `None` (the default) for devices driven by their queues only.
     fn backend_fd(&self) -> Option<RawFd> {
@@ -69,6 +78,8 @@ pub struct Worker {
 }
 
 const STOP: u64 = u64::MAX;
+/// Passes over a queue in one wake-up before the worker looks at its other events.
+const DRAIN_PASSES: u32 = 64;
 const BACKEND: u64 = u64::MAX - 1;
 
 impl Worker {
@@ -149,14 +160,23 @@ impl Worker {
                                 continue;
                             }
                             let index = q.index;
-                            handler
-                                .process(index, &mut q.queue, &mem)
-                                .map(|used| if used { vec![index] } else { Vec::new() })
-                                .map_err(|e| (format!("queue {index}"), e))
+                            if handler.drains_queues() {
+                                drain(handler.as_mut(), q, &mem, interrupt.as_ref())
+                                    .map(|()| Vec::new())
+                            } else {
+                                handler.process(index, &mut q.queue, &mem).map(|used| {
+                                    if used {
+                                        vec![index]
+                                    } else {
+                                        Vec::new()
+                                    }
+                                })
+                            }
+                            .map_err(|e| (format!("queue {index}"), e))
                         };
                         match result {
                             Ok(used) => {
-                                for q in queues.iter().filter(|q| used.contains(&q.index)) {
+                                for q in queues.iter_mut().filter(|q| used.contains(&q.index)) {
                                     if q.queue.needs_interrupt(&mem) {
                                         interrupt.signal_queue(q.index);
                                     }
@@ -187,6 +207,36 @@ impl Worker {
             let _ = t.join();
         }
     }
+}
+
+/// Processes queue `q` until its avail ring stays empty with notifications re-enabled,
+/// interrupting after each pass that used buffers (where the driver wants it). After
+/// [`DRAIN_PASSES`] passes it re-arms the queue's own eventfd and returns, so a driver that
+/// never stops feeding cannot keep the worker from other queues or from stopping.
+fn drain(
+    handler: &mut dyn QueueHandler,
+    q: &mut WorkerQueue,
+    mem: &GuestMem,
+    interrupt: &dyn Interrupt,
+) -> Result<(), ChainError> {
+    q.queue.disable_notify(mem)?;
+    for pass in 1.. {
+        if handler.process(q.index, &mut q.queue, mem)? && q.queue.needs_interrupt(mem) {
+            interrupt.signal_queue(q.index);
+        }
+        if q.queue.has_available(mem)? {
+            if pass >= DRAIN_PASSES {
+                let _ = q.event.write(1);
+                return Ok(());
+            }
+            continue;
+        }
+        if !q.queue.enable_notify(mem)? {
+            return Ok(());
+        }
+        q.queue.disable_notify(mem)?;
+    }
+    Ok(())
 }
 
 impl Drop for Worker {

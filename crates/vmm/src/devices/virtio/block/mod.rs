@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod guestio;
 pub mod request;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use paddock_disk::BlockImage;
 
 use super::worker::QueueHandler;
-use super::{VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use super::{VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 pub use config::DiskConfig;
 pub use counters::BlockCounters;
 use request::BlockHandler;
@@ -122,7 +123,8 @@ impl VirtioDevice for Block {
             | 1 << F_SIZE_MAX
             | 1 << F_SEG_MAX
             | 1 << F_BLK_SIZE
-            | 1 << F_FLUSH;
+            | 1 << F_FLUSH
+            | 1 << VIRTIO_RING_F_EVENT_IDX;
         if self.read_only {
             f |= 1 << F_RO;
         } else {
@@ -146,6 +148,7 @@ impl VirtioDevice for Block {
             serial: self.serial,
             counters: self.counters.clone(),
             acked,
+            scratch: Default::default(),
         }))
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use paddock_disk::BlockImage;
 
 use super::counters::BlockCounters;
+use super::guestio;
 use super::{
     ID_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG,
     SECTOR_SIZE, SEG_MAX, SIZE_MAX,
@@ -39,6 +40,10 @@ pub const HEADER_LEN: u64 = 16;
 /// Write-zeroes flag: the range may be deallocated.
 pub const WZ_UNMAP: u32 = 1;
 
+/// Used entries published with one index store at most; a pass over the queue publishes
+/// at its end and after every this many requests, so the driver can refill meanwhile.
+pub const PUBLISH_EVERY: u16 = 8;
+
 /// Processes the request queue of one device.
 pub struct BlockHandler {
     /// The disk.
@@ -51,6 +56,8 @@ pub struct BlockHandler {
     pub counters: Arc<BlockCounters>,
     /// Features the driver accepted.
     pub acked: u64,
+    /// The chain being processed, kept so its allocation is reused.
+    pub scratch: DescriptorChain,
 }
 
 fn malformed(m: impl Into<String>) -> ChainError {
@@ -170,46 +177,55 @@ impl BlockHandler {
             .is_some_and(|end| end <= self.image.virtual_size())
     }
 
+    /// Reads the disk straight into the guest's buffers, one image read per segment.
     fn read(&self, p: &Parsed, mem: &GuestMem) -> Result<u8, ChainError> {
         if p.in_len % SECTOR_SIZE != 0 || !self.range_ok(p.sector, p.in_len) {
             return Ok(S_IOERR);
         }
-        let mut done = 0;
-        let mut buf = vec![0u8; p.in_len.min(SIZE_MAX as u64) as usize];
-        while done < p.in_len {
-            let n = (p.in_len - done).min(buf.len() as u64) as usize;
-            if let Err(e) = self
-                .image
-                .read_at(&mut buf[..n], p.sector * SECTOR_SIZE + done)
-            {
-                eprintln!("paddock-vmm: virtio-blk: read at sector {}: {e}", p.sector);
-                return Ok(S_IOERR);
+        let base = p.sector * SECTOR_SIZE;
+        let mut status = S_OK;
+        p.input.for_range(0, p.in_len, |addr, at, n| {
+            if status != S_OK {
+                return Ok(());
             }
-            p.input.write(mem, done, &buf[..n])?;
-            done += n as u64;
-        }
-        Ok(S_OK)
+            let r =
+                guestio::with_guest_mut(mem, addr, n, |b| self.image.read_at(b, base + at as u64))
+                    .ok_or(ChainError::OutOfRange {
+                        addr: addr.0,
+                        len: n as u32,
+                    })?;
+            if let Err(e) = r {
+                eprintln!("paddock-vmm: virtio-blk: read at sector {}: {e}", p.sector);
+                status = S_IOERR;
+            }
+            Ok(())
+        })?;
+        Ok(status)
     }
 
+    /// Writes the guest's buffers straight to the disk, one image write per segment.
     fn write(&self, p: &Parsed, mem: &GuestMem) -> Result<u8, ChainError> {
         if self.read_only || p.out_len % SECTOR_SIZE != 0 || !self.range_ok(p.sector, p.out_len) {
             return Ok(S_IOERR);
         }
-        let mut done = 0;
-        let mut buf = vec![0u8; p.out_len.min(SIZE_MAX as u64) as usize];
-        while done < p.out_len {
-            let n = (p.out_len - done).min(buf.len() as u64) as usize;
-            p.out.read(mem, HEADER_LEN + done, &mut buf[..n])?;
-            if let Err(e) = self
-                .image
-                .write_at(&buf[..n], p.sector * SECTOR_SIZE + done)
-            {
-                eprintln!("paddock-vmm: virtio-blk: write at sector {}: {e}", p.sector);
-                return Ok(S_IOERR);
+        let base = p.sector * SECTOR_SIZE;
+        let mut status = S_OK;
+        p.out.for_range(HEADER_LEN, p.out_len, |addr, at, n| {
+            if status != S_OK {
+                return Ok(());
             }
-            done += n as u64;
-        }
-        Ok(S_OK)
+            let r = guestio::with_guest(mem, addr, n, |b| self.image.write_at(b, base + at as u64))
+                .ok_or(ChainError::OutOfRange {
+                    addr: addr.0,
+                    len: n as u32,
+                })?;
+            if let Err(e) = r {
+                eprintln!("paddock-vmm: virtio-blk: write at sector {}: {e}", p.sector);
+                status = S_IOERR;
+            }
+            Ok(())
+        })?;
+        Ok(status)
     }
 
     fn discard(&self, p: &Parsed, mem: &GuestMem) -> Result<u8, ChainError> {
@@ -269,18 +285,48 @@ impl BlockHandler {
 }
 
 impl QueueHandler for BlockHandler {
+    /// Every request is served at once, so the worker may drain with notifications off.
+    fn drains_queues(&self) -> bool {
+        true
+    }
+
+    /// Serves up to one queue's worth of requests and publishes their used entries in
+    /// batches of [`PUBLISH_EVERY`].
     fn process(
         &mut self,
         _index: usize,
         queue: &mut Queue,
         mem: &GuestMem,
     ) -> Result<bool, ChainError> {
-        let mut used = false;
-        while let Some(chain) = queue.pop(mem)? {
-            let (_, written) = self.execute(&chain, mem)?;
-            queue.add_used(mem, chain.head, written)?;
-            used = true;
+        let mut chain = std::mem::take(&mut self.scratch);
+        let mut served = 0u16;
+        let mut result = Ok(());
+        while served < queue.size() {
+            match queue.pop_into(mem, &mut chain) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            match self.execute(&chain, mem) {
+                Ok((_, written)) => queue.push_used(mem, chain.head, written)?,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            served += 1;
+            if served % PUBLISH_EVERY == 0 {
+                // A polling driver refills while the rest of the pass is served.
+                queue.publish_used(mem)?;
+            }
         }
-        Ok(used)
+        self.scratch = chain;
+        if served > 0 {
+            queue.publish_used(mem)?;
+        }
+        result.map(|()| served > 0)
     }
 }

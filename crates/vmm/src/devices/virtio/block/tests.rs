@@ -297,3 +297,28 @@ fn malformed_chains_are_errors() {
     });
     assert!(matches!(e, ChainError::OutOfRange { .. }), "{e}");
 }
+
+#[test]
+fn event_idx_is_offered_and_a_pass_publishes_all_requests_at_once() {
+    let mut r = rig(true);
+    assert_ne!(
+        r.dev.features() & 1 << crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX,
+        0
+    );
+    assert!(r.handler.drains_queues());
+    let mut statuses = Vec::new();
+    for s in 0..20u64 {
+        let h = r.d.alloc_bytes(&header(T_IN, s));
+        let data = r.d.alloc(512, 0);
+        let st = r.d.alloc(1, 0xff);
+        r.d.push_chain(&[(h, 16, false), (data, 512, true), (st, 1, true)]);
+        statuses.push((s, data, st));
+    }
+    assert!(r.handler.process(0, &mut r.q, &r.d.mem).unwrap());
+    assert_eq!(r.d.used_idx(), 20);
+    for (s, data, st) in statuses {
+        assert_eq!(r.d.read(st, 1), [S_OK]);
+        let expect: Vec<u8> = (0..512).map(|i| pattern(s, i)).collect();
+        assert_eq!(r.d.read(data, 512), expect, "sector {s}");
+    }
+}

@@ -253,10 +253,14 @@ impl VirtioPciDevice {
                     regs.size, regs.max_size
                 ));
             }
-            let queue = match Queue::new(&self.mem, regs.size, regs.desc, regs.avail, regs.used) {
+            let mut queue = match Queue::new(&self.mem, regs.size, regs.desc, regs.avail, regs.used)
+            {
                 Ok(q) => q,
                 Err(e) => return self.fail(&format!("queue {i}: {e}")),
             };
+            queue.set_event_idx(
+                self.common.driver_features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0,
+            );
             let event = match self.queue_events[i].try_clone() {
                 Ok(e) => e,
                 Err(e) => return self.fail(&format!("queue {i} eventfd: {e}")),
