@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 cargo build --locked --release -p paddock >/dev/null
-PADDOCK=$PWD/target/release/paddock
+PADDOCK=${CARGO_TARGET_DIR:-$PWD/target}/release/paddock
 mkdir -p "$WORK" "$OUT"
 
 src=$WORK/source.raw
