@@ -4,7 +4,12 @@
 # Builds a 4 GiB source image holding about 1.5 GiB of mixed data (random, text, allocated
 # zeroes; the rest holes), makes every input format with qemu-img, then times both tools on
 # each pair, interleaved, RUNS times each, writing to tmpfs. Both tools flush at the end
-# (their default writeback mode). Prints median seconds, peak RSS and the throughput ratio.
+# (their default writeback mode). Prints median seconds, peak RSS, output sizes (allocated
+# bytes, so a sparse raw output counts its data only; for compressed pairs, the compression
+# ratio), the throughput ratio, and a write floor: the time `dd` takes to write as many bytes
+# as paddock's output allocates into one tmpfs file, which no converter writing that output
+# can beat (every byte a tmpfs file receives costs a page allocation and a copy in the
+# kernel, under the inode's write lock).
 #
 # Usage: bench/convert.sh [--runs N] [--work DIR] [--out DIR] [--pairs "raw:qcow2 ..."]
 set -euo pipefail
@@ -23,7 +28,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 cargo build --locked --release -p paddock >/dev/null
-PADDOCK=$PWD/target/release/paddock
+PADDOCK=${CARGO_TARGET_DIR:-$PWD/target}/release/paddock
 mkdir -p "$WORK" "$OUT"
 
 src=$WORK/source.raw
@@ -68,14 +73,14 @@ def timed(cmd):
     secs, kb = r.stderr.strip().splitlines()[-1].split()
     return float(secs), int(kb)
 rows = []
-data_bytes = 1.5 * 2**30
-print(f"{'pair':<20}{'qemu-img s':>12}{'paddock s':>12}{'ratio':>8}{'qemu MiB':>10}{'paddock MiB':>12}")
+print(f"{'pair':<20}{'qemu-img s':>12}{'paddock s':>12}{'ratio':>8}{'floor s':>9}{'qemu MiB':>10}{'paddock MiB':>12}{'qemu out':>10}{'paddock out':>12}")
 for pair in pairs:
     s, t = pair.split(":")
     fmt, extra = targets[t]
     src = os.path.join(work, "source." + s)
-    res = {"qemu-img": [], "paddock": []}
+    res = {"qemu-img": [], "paddock": [], "floor": []}
     mem = {"qemu-img": 0, "paddock": 0}
+    size = {"qemu-img": 0, "paddock": 0}
     for i in range(runs):
         order = ["qemu-img", "paddock"] if i % 2 == 0 else ["paddock", "qemu-img"]
         for tool in order:
@@ -87,16 +92,29 @@ for pair in pairs:
             secs, kb = timed(cmd)
             res[tool].append(secs)
             mem[tool] = max(mem[tool], kb)
+            size[tool] = os.stat(dst).st_blocks * 512
+        # The write floor: the kernel's cost of writing as many bytes as paddock's output
+        # allocates into one tmpfs file (dd from /dev/zero, 2 MiB writes, one thread, synced).
+        for f in os.listdir(out):
+            os.remove(os.path.join(out, f))
+        count = max(1, size["paddock"] >> 21)
+        secs, _ = timed(["dd", "if=/dev/zero", f"of={os.path.join(out, 'floor')}", "bs=2M",
+                         f"count={count}", "conv=fsync", "status=none"])
+        res["floor"].append(secs)
     q, p = statistics.median(res["qemu-img"]), statistics.median(res["paddock"])
+    fl = statistics.median(res["floor"])
     ratio = q / p if p > 0 else float("inf")
-    rows.append((pair, q, p, ratio, mem["qemu-img"] / 1024, mem["paddock"] / 1024))
-    print(f"{pair:<20}{q:>12.3f}{p:>12.3f}{ratio:>7.2f}x{mem['qemu-img']/1024:>10.1f}{mem['paddock']/1024:>12.1f}", flush=True)
+    row = (pair, q, p, ratio, fl, mem["qemu-img"] / 1024, mem["paddock"] / 1024,
+           size["qemu-img"] / 2**20, size["paddock"] / 2**20)
+    rows.append(row)
+    print(f"{pair:<20}{q:>12.3f}{p:>12.3f}{ratio:>7.2f}x{fl:>9.3f}{row[5]:>10.1f}{row[6]:>12.1f}{row[7]:>10.0f}{row[8]:>12.0f}", flush=True)
 for f in os.listdir(out):
     os.remove(os.path.join(out, f))
+load = os.getloadavg()
 print()
-print(f"Markdown ({datetime.date.today()}, {os.cpu_count()} CPUs, {runs} runs each, medians, output on tmpfs, both flushing):")
-print("| pair | qemu-img (s) | paddock (s) | speed-up | qemu-img peak RSS (MiB) | paddock peak RSS (MiB) |")
-print("|---|---:|---:|---:|---:|---:|")
+print(f"Markdown ({datetime.date.today()}, {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end, {runs} runs each, medians, output on tmpfs, both flushing):")
+print("| pair | qemu-img (s) | paddock (s) | speed-up | write floor (s) | qemu-img peak RSS (MiB) | paddock peak RSS (MiB) | qemu-img output (MiB) | paddock output (MiB) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
-    print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.2f}x | {r[4]:.1f} | {r[5]:.1f} |")
+    print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.2f}x | {r[4]:.3f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.0f} | {r[8]:.0f} |")
 PY

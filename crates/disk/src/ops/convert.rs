@@ -23,7 +23,8 @@ use crate::ops::progress::Progress;
 pub struct ConvertOptions {
     /// Compress the output (qcow2 compressed clusters, VMDK streamOptimized grains).
     pub compress: bool,
-    /// The target already reads as zeroes everywhere (a new image): zero runs are skipped.
+    /// The target already reads as zeroes everywhere (a new image without a backing file):
+    /// zero runs are skipped. Ignored with `top_only`, whose target reads its backing file.
     pub target_is_zero: bool,
     /// Finish with a flush that makes the target durable.
     pub flush: bool,
@@ -122,6 +123,9 @@ pub fn convert(
         0 => 0,
         g => g.max(dst.info().cluster_size.unwrap_or(4096).min(2 << 20)),
     };
+    // With `top_only` the target has a backing file and reads it where nothing is written,
+    // not zeroes: the top layer's zeroes (zero clusters, zero-filled data) must be written.
+    let target_is_zero = opts.target_is_zero && !opts.top_only;
     progress.set_total(size);
 
     let stats = Mutex::new(ConvertStats {
@@ -165,7 +169,7 @@ pub fn convert(
                         &mut buf,
                         unit,
                         granularity,
-                        opts.target_is_zero,
+                        target_is_zero,
                     ) {
                         Ok((written, zero, ready)) => {
                             {
@@ -248,7 +252,7 @@ pub fn convert(
                     ExtentKind::Unallocated if opts.top_only => progress.advance(end - at),
                     ExtentKind::Zero | ExtentKind::Unallocated => {
                         let zero_from = at.max(covered).min(end);
-                        if !opts.target_is_zero && zero_from < end {
+                        if !target_is_zero && zero_from < end {
                             dst.write_zeroes(zero_from, end - zero_from, true)?;
                         }
                         stats.lock().unwrap_or_else(|p| p.into_inner()).bytes_zero += end - at;
@@ -327,23 +331,51 @@ fn process_chunk(
     let mut written = 0u64;
     let mut zero = 0u64;
     if let Some(cw) = compressed {
+        let sequential = cw.requires_sequential();
         // (guest offset, index of the unit in `buf`, compressed bytes)
         let mut units: Vec<(u64, usize, Vec<u8>)> = Vec::new();
-        for (i, piece) in buf.chunks(unit as usize).enumerate() {
+        // Units that do not compress, stored as they are: neighbours go out in one plain
+        // write (one allocation, one `pwrite`) instead of one per unit.
+        let mut raw_run: Option<(usize, usize)> = None;
+        let u = unit as usize;
+        for (i, piece) in buf.chunks(u).enumerate() {
             let off = c.offset + i as u64 * unit;
-            if is_zero(piece) {
+            let comp = if is_zero(piece) {
+                None
+            } else {
+                Some(cw.compress(piece)?)
+            };
+            if !sequential && comp.as_ref().is_some_and(Vec::is_empty) {
+                written += piece.len() as u64;
+                raw_run = match raw_run {
+                    Some((s, e)) if e == i * u => Some((s, e + piece.len())),
+                    other => {
+                        if let Some((s, e)) = other {
+                            dst.write_at(&buf[s..e], c.offset + s as u64)?;
+                        }
+                        Some((i * u, i * u + piece.len()))
+                    }
+                };
+                continue;
+            }
+            if let Some((s, e)) = raw_run.take() {
+                dst.write_at(&buf[s..e], c.offset + s as u64)?;
+            }
+            let Some(comp) = comp else {
                 if !target_is_zero {
                     dst.write_zeroes(off, piece.len() as u64, true)?;
                 }
                 zero += piece.len() as u64;
                 continue;
-            }
-            let comp = cw.compress(piece)?;
+            };
             written += piece.len() as u64;
             units.push((off, i, comp));
         }
+        if let Some((s, e)) = raw_run {
+            dst.write_at(&buf[s..e], c.offset + s as u64)?;
+        }
         let pieces: Vec<&[u8]> = buf.chunks(unit as usize).collect();
-        if cw.requires_sequential() {
+        if sequential {
             // The ordered writer runs on another thread: it gets its own copies.
             let owned = units
                 .into_iter()

@@ -473,10 +473,10 @@ impl Qcow2Image {
             if j == i + 1 {
                 st.write_all_at(packed[i].1, at)
             } else {
-                let run: Vec<u8> = packed[i..j]
-                    .iter()
-                    .flat_map(|(_, d)| d.iter().copied())
-                    .collect();
+                let mut run = Vec::with_capacity(packed[i..j].iter().map(|(_, d)| d.len()).sum());
+                for (_, d) in &packed[i..j] {
+                    run.extend_from_slice(d);
+                }
                 st.write_all_at(&run, at)
             }
             .ctx(|| format!("writing compressed data at host offset {at:#x}"))?;

@@ -470,21 +470,15 @@ impl VhdxImage {
             ExtentKind::Zero
         };
         Ok(match bat_state(e) {
-            PAYLOAD_FULLY_PRESENT => (
-                ExtentKind::Data,
-                Some(self.payload_at(block, e)? + in_block),
-                len,
-            ),
+            PAYLOAD_FULLY_PRESENT => {
+                self.payload_run(block, self.payload_at(block, e)? + in_block, len)?
+            }
             PAYLOAD_ZERO => (ExtentKind::Zero, None, len),
             PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_UNMAPPED => (absent, None, len),
             PAYLOAD_PARTIALLY_PRESENT if self.geo.has_parent => {
                 let (present, n) = self.partial_run(offset, len)?;
                 if present {
-                    (
-                        ExtentKind::Data,
-                        Some(self.payload_at(block, e)? + in_block),
-                        n,
-                    )
+                    self.payload_run(block, self.payload_at(block, e)? + in_block, n)?
                 } else {
                     (ExtentKind::Unallocated, None, n)
                 }
@@ -495,6 +489,27 @@ impl VhdxImage {
                     self.geo.payload_index(block)
                 )))
             }
+        })
+    }
+
+    /// Classifies `len` present payload bytes at host offset `at`: holes in the host file
+    /// (qemu-img leaves the unwritten part of a new block as one) read as zeroes, so they
+    /// are reported as zero and a conversion never reads them. Ranges past the end of the
+    /// file stay data, so reading them reports the truncation.
+    fn payload_run(&self, block: u64, at: u64, len: u64) -> Result<(ExtentKind, Option<u64>, u64)> {
+        let file_len = self.storage.len().ctx(|| "reading the file size".into())?;
+        if at.saturating_add(len) > file_len {
+            return Ok((ExtentKind::Data, Some(at), len));
+        }
+        let (data, run) = self
+            .storage
+            .data_run(at, len)
+            .ctx(|| format!("mapping VHDX block {block}"))?;
+        let run = run.clamp(1, len);
+        Ok(if data {
+            (ExtentKind::Data, Some(at), run)
+        } else {
+            (ExtentKind::Zero, None, run)
         })
     }
 

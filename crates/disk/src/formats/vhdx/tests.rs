@@ -148,12 +148,15 @@ fn fixed_images_keep_blocks_allocated() {
     );
     let img = open(&p, &OpenOptions::write(Some(Format::Vhdx))).unwrap();
     assert_eq!(img.info().subformat.as_deref(), Some("fixed"));
+    // Allocated in this layer: data, or zero where the payload is still a host-file hole.
     let e = img.block_status(0, 5 << 20).unwrap();
-    assert_eq!((e.kind, e.length), (ExtentKind::Data, 5 << 20));
+    assert_ne!(e.kind, ExtentKind::Unallocated);
+    assert_eq!(e.length, 5 << 20);
     img.write_at(&pattern(4096, 3), 2 << 20).unwrap();
     img.write_zeroes(2 << 20, 1 << 20, true).unwrap();
     let e = img.block_status(2 << 20, 1 << 20).unwrap();
-    assert_eq!(e.kind, ExtentKind::Data);
+    assert_ne!(e.kind, ExtentKind::Unallocated);
+    assert_eq!(e.length, 1 << 20);
     assert!(read(&*img, 2 << 20, 4096).iter().all(|&b| b == 0));
 }
 
