@@ -25,6 +25,8 @@ use crate::launch::{self, mentions, LaunchOptions};
 use crate::qmp::{QmpClient, QmpError, QmpEvent, StatusInfo};
 use crate::{check, Error};
 
+/// How long a QEMU whose QMP socket closed during start gets to finish exiting.
+const EXIT_AFTER_CLOSED_QMP: Duration = Duration::from_secs(2);
 /// How long `quit` and SIGKILL each get to end the process.
 const END_WAIT: Duration = Duration::from_secs(10);
 /// Bytes of QEMU's log quoted in a start-up error.
@@ -150,7 +152,10 @@ impl QemuVm {
                     pause = Duration::from_millis(2);
                 }
                 Err(e) => {
-                    if vm.wait_exit(Duration::ZERO) {
+                    // QMP closing during the handshake is QEMU giving up on its command line
+                    // (a bad disk, say): wait for the exit it is making (the pidfd says when)
+                    // so the caller gets QEMU's own words rather than a closed socket.
+                    if vm.wait_exit(left.min(EXIT_AFTER_CLOSED_QMP)) {
                         let status = vm.exit_status().unwrap_or(ExitStatus::from_raw(0));
                         return Err(Error::StartFailed {
                             status,
