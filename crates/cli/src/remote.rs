@@ -49,6 +49,20 @@ fn given<T: AsRef<std::ffi::OsStr>>(v: &Option<T>) -> Option<&T> {
 }
 
 impl RemoteArgs {
+    /// Runs a daemon command: a client for `socket` (or `--host`), then `f`, reporting a
+    /// failure the way every daemon command does (text, or JSON with `json`).
+    pub fn run(
+        &self,
+        socket: &Path,
+        json: bool,
+        f: impl FnOnce(&Client) -> Result<(), ClientError>,
+    ) -> std::process::ExitCode {
+        match self.client(socket).and_then(|c| f(&c)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => crate::output::client_failure(&e, json),
+        }
+    }
+
     /// The client: over TCP + TLS with `--host`, else on `socket`.
     pub fn client(&self, socket: &Path) -> Result<Client, ClientError> {
         let Some(host) = given(&self.host) else {

@@ -46,13 +46,9 @@ enum TokenCommand {
 
 /// Runs a `paddock token` command.
 pub fn run(args: TokenArgs, remote: &RemoteArgs) -> ExitCode {
-    let r = remote
-        .client(&args.socket)
-        .and_then(|client| execute(&client, args.command, args.json));
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => crate::output::client_failure(&e, args.json),
-    }
+    remote.run(&args.socket, args.json, |client| {
+        execute(client, args.command, args.json)
+    })
 }
 
 fn table(tokens: &[Token]) -> String {

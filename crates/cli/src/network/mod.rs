@@ -67,13 +67,9 @@ fn parse_range(s: &str) -> Result<DhcpRange, String> {
 
 /// Runs a `paddock network` command.
 pub fn run(args: NetworkArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
-    let r = remote
-        .client(&args.socket)
-        .and_then(|client| execute(&client, args.command, args.json));
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => crate::output::client_failure(&e, args.json),
-    }
+    remote.run(&args.socket, args.json, |client| {
+        execute(client, args.command, args.json)
+    })
 }
 
 fn execute(client: &Client, command: NetworkCommand, json: bool) -> Result<(), ClientError> {

@@ -92,13 +92,9 @@ enum VmCommand {
 
 /// Runs a `paddock vm` command.
 pub fn run(args: VmArgs, remote: &crate::remote::RemoteArgs) -> ExitCode {
-    let r = remote
-        .client(&args.socket)
-        .and_then(|client| execute(&client, args.command, args.json));
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => crate::output::client_failure(&e, args.json),
-    }
+    remote.run(&args.socket, args.json, |client| {
+        execute(client, args.command, args.json)
+    })
 }
 
 fn execute(client: &Client, command: VmCommand, json: bool) -> Result<(), ClientError> {

@@ -177,17 +177,7 @@ impl StorageStore<'_> {
 
     /// Adds a volume; `Ok(false)` when the name is taken in its pool.
     pub fn insert_volume(&self, v: &VolumeRow) -> Result<bool, StoreError> {
-        let r = self.conn().execute(
-            &format!("INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-            params![
-                v.pool,
-                v.name,
-                v.format,
-                v.backing,
-                v.task.map(|t| t.to_string()),
-                v.created_at
-            ],
-        );
+        let r = insert_volume_row(&self.conn(), v);
         match r {
             Err(e) if is_taken(&e) => Ok(false),
             r => r.map(|_| true).map_err(Into::into),
@@ -253,17 +243,7 @@ impl StorageStore<'_> {
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let r = tx.execute(
-            &format!("INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-            params![
-                v.pool,
-                v.name,
-                v.format,
-                v.backing,
-                v.task.map(|t| t.to_string()),
-                v.created_at
-            ],
-        );
+        let r = insert_volume_row(&tx, v);
         match r {
             Err(e) if is_taken(&e) => return Ok(false),
             r => r?,
@@ -340,4 +320,19 @@ impl StorageStore<'_> {
         }
         Ok(v)
     }
+}
+
+/// `INSERT`s volume `v` on `conn` (a connection or a transaction).
+fn insert_volume_row(conn: &rusqlite::Connection, v: &VolumeRow) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!("INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            v.pool,
+            v.name,
+            v.format,
+            v.backing,
+            v.task.map(|t| t.to_string()),
+            v.created_at
+        ],
+    )
 }
