@@ -80,6 +80,15 @@ def timed(f, n):
     return out
 
 
+def start_stop(start, stop):
+    """Seconds `start` takes; `stop` then undoes it, untimed."""
+    t = time.perf_counter()
+    start()
+    dt = time.perf_counter() - t
+    stop()
+    return dt
+
+
 def wait_for(cond, what, limit=30):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -201,19 +210,14 @@ try:
         p.wait()
         return dt
 
+    def hard_stop(name):
+        return lambda: call(api, "POST", f"/api/v1/vms/{name}/stop", {"timeout_secs": 0})
+
     def daemon_start(name):
-        t = time.perf_counter()
-        call(api, "POST", f"/api/v1/vms/{name}/start")
-        dt = time.perf_counter() - t
-        call(api, "POST", f"/api/v1/vms/{name}/stop", {"timeout_secs": 0})
-        return dt
+        return start_stop(lambda: call(api, "POST", f"/api/v1/vms/{name}/start"), hard_stop(name))
 
     def cli_start(name):
-        t = time.perf_counter()
-        run([f"{BIN}/paddock", "vm", "start", name])
-        dt = time.perf_counter() - t
-        call(api, "POST", f"/api/v1/vms/{name}/stop", {"timeout_secs": 0})
-        return dt
+        return start_stop(lambda: run([f"{BIN}/paddock", "vm", "start", name]), hard_stop(name))
 
     hand = [vmm_by_hand() for _ in range(args.runs)]
     via_api = [daemon_start(names[0]) for _ in range(args.runs)]
@@ -274,21 +278,9 @@ try:
         if lv:
             dom = lv.lookupByName(names[0])
 
-            def virsh_start():
-                t = time.perf_counter()
-                run(["virsh", "-c", "qemu:///system", "start", names[0]])
-                dt = time.perf_counter() - t
-                dom.destroy()
-                return dt
-
-            def lv_start():
-                t = time.perf_counter()
-                dom.create()
-                dt = time.perf_counter() - t
-                dom.destroy()
-                return dt
-            lapi = [lv_start() for _ in range(args.runs)]
-            lcli = [virsh_start() for _ in range(args.runs)]
+            virsh = ["virsh", "-c", "qemu:///system", "start", names[0]]
+            lapi = [start_stop(dom.create, dom.destroy) for _ in range(args.runs)]
+            lcli = [start_stop(lambda: run(virsh), dom.destroy) for _ in range(args.runs)]
             rows.append(("start, QEMU via libvirt API (dom.create), p50", ms(statistics.median(lapi)), "", "", ""))
             rows.append(("start, QEMU via `virsh start`, p50", ms(statistics.median(lcli)), "", "", ""))
             libvirt_adds = statistics.median(lapi) - statistics.median(qhand)

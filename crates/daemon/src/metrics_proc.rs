@@ -7,6 +7,7 @@ use std::fmt::Write;
 use paddock_api::Vm;
 
 use crate::driver::Status;
+use crate::metrics::{family, label};
 
 /// CPU time of one process or thread, in clock ticks, from the text of its `stat` file.
 /// Fields after the command name (which may hold spaces and parentheses) are split on
@@ -75,17 +76,6 @@ pub fn meminfo(text: &str) -> (Option<u64>, Option<u64>) {
             .map(|kib| kib * 1024)
     };
     (field("MemTotal:"), field("MemAvailable:"))
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Renders the per-VM process metrics and the host metrics for `vms`.

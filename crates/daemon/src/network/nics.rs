@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{link, TAP_PREFIX};
 use crate::driver::Status;
 use crate::error::OpError;
+use crate::metrics::label;
 use crate::supervisor::Supervisor;
 
 /// The locally administered, unicast prefix of the MACs paddockd allocates ("PD").
@@ -168,12 +169,6 @@ fn stat(tap: &str, counter: &str) -> Option<u64> {
         .ok()
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Per NIC of each VM with a process, from the guest's point of view: `rx` is what the
 /// guest received (its TAP's transmit counters), `tx` what it sent (the TAP's receive
 /// counters). `nic` is the NIC's index in the spec.
@@ -213,8 +208,7 @@ pub fn render_metrics(vms: &[(Vm, Option<Status>)]) -> String {
         ),
     ] {
         let name = format!("paddock_vm_net_{metric}_total");
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
+        crate::metrics::family(&mut out, &name, "counter", help);
         for (vm, i, tap) in &rows {
             if let Some(v) = stat(tap, counter) {
                 let _ = writeln!(out, "{name}{{vm=\"{vm}\",nic=\"{i}\"}} {v}");

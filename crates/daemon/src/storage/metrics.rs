@@ -5,13 +5,8 @@ use std::fmt::Write;
 
 use super::pool_view;
 use super::store::StorageStore;
+use crate::metrics::label;
 use crate::store::Store;
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 /// The pool families in the Prometheus text format (empty families when there are no
 /// pools, so the names are always present).
@@ -43,8 +38,7 @@ pub fn render(store: &Store) -> String {
         ),
     ];
     for (name, help, pick) in families {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+        crate::metrics::family(&mut out, name, "gauge", help);
         for p in &pools {
             let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", label(&p.name), pick(p));
         }

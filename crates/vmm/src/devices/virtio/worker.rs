@@ -61,6 +61,24 @@ pub trait Interrupt: Send + Sync {
     fn signal_config(&self);
 }
 
+/// Runs `fill` on the queue with `index` when the worker holds it (a backend that has data
+/// for the guest fills its receive queue); answers `[index]` when buffers were used, for
+/// [`QueueHandler::process_backend`] to report.
+pub fn fill_queue(
+    queues: &mut [WorkerQueue],
+    index: usize,
+    fill: impl FnOnce(&mut Queue) -> Result<bool, ChainError>,
+) -> Result<Vec<usize>, ChainError> {
+    let Some(q) = queues.iter_mut().find(|q| q.index == index) else {
+        return Ok(Vec::new());
+    };
+    Ok(if fill(&mut q.queue)? {
+        vec![index]
+    } else {
+        Vec::new()
+    })
+}
+
 /// A queue handed to the worker with the eventfd that announces new buffers.
 pub struct WorkerQueue {
     /// Queue index.

@@ -13,7 +13,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::{Output, RX, TX};
 use crate::devices::virtio::queue::{ChainError, Queue, Segments};
-use crate::devices::virtio::worker::{QueueHandler, WorkerQueue};
+use crate::devices::virtio::worker::{fill_queue, QueueHandler, WorkerQueue};
 use crate::memory::GuestMem;
 
 /// Most input bytes held for the guest.
@@ -165,13 +165,6 @@ impl QueueHandler for ConsoleHandler {
     ) -> Result<Vec<usize>, ChainError> {
         let mut events = [EpollEvent::default(); 2];
         let _ = self.epoll.wait(0, &mut events);
-        let Some(q) = queues.iter_mut().find(|q| q.index == RX) else {
-            return Ok(Vec::new());
-        };
-        Ok(if self.receive(&mut q.queue, mem)? {
-            vec![RX]
-        } else {
-            Vec::new()
-        })
+        fill_queue(queues, RX, |q| self.receive(q, mem))
     }
 }

@@ -16,7 +16,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::counters::NetCounters;
 use super::{RX, TX};
 use crate::devices::virtio::queue::{ChainError, DescriptorChain, Queue, Segments};
-use crate::devices::virtio::worker::{QueueHandler, WorkerQueue};
+use crate::devices::virtio::worker::{fill_queue, QueueHandler, WorkerQueue};
 use crate::memory::GuestMem;
 use crate::net::{Tap, VNET_HDR_LEN};
 
@@ -192,8 +192,8 @@ impl NetHandler {
                     NetCounters::add(&self.counters.tx_packets, 1);
                     NetCounters::add(&self.counters.tx_bytes, len - VNET_HDR_LEN as u64);
                 }
-                Ok(_) => NetCounters::add(&self.counters.tx_dropped, 1),
-                Err(_) => NetCounters::add(&self.counters.tx_dropped, 1),
+                // A header-only frame, or the TAP refused it.
+                _ => NetCounters::add(&self.counters.tx_dropped, 1),
             }
             txq.add_used(mem, chain.head, 0)?;
             used = true;
@@ -226,13 +226,6 @@ impl QueueHandler for NetHandler {
         mem: &GuestMem,
     ) -> Result<Vec<usize>, ChainError> {
         self.poll_backend();
-        let Some(q) = queues.iter_mut().find(|q| q.index == RX) else {
-            return Ok(Vec::new());
-        };
-        Ok(if self.receive(&mut q.queue, mem)? {
-            vec![RX]
-        } else {
-            Vec::new()
-        })
+        fill_queue(queues, RX, |q| self.receive(q, mem))
     }
 }
