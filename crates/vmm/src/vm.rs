@@ -341,7 +341,11 @@ pub fn run_with(mut cfg: VmConfig, opts: RunOptions) -> Result<ExitStatus, VmErr
         })?),
         None => None,
     };
-    let mem = memory::create(cfg.memory)?;
+    let mem = if cfg.dirty_log {
+        memory::create_with_dirty_bitmap(cfg.memory)?
+    } else {
+        memory::create(cfg.memory)?
+    };
     let kvm = Arc::new(KvmVm::create_with_memory(&mem, cfg.dirty_log)?);
     if opts.async_teardown {
         if let Err(e) = crate::teardown::start(std::os::fd::AsRawFd::as_raw_fd(&kvm.vm)) {
