@@ -153,14 +153,34 @@ impl FileStorage {
     }
 }
 
+// Reads and writes are rustix's raw system calls rather than std's (glibc's) `pread64`: the
+// glibc wrapper is a cancellation point that brackets every call with two more calls
+// (`__pthread_{enable,disable}_asynccancel`) in a multithreaded process; that was 3-4% of a
+// virtio-blk worker serving 4 KiB reads.
 impl Storage for FileStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.file.read_at(buf, offset)
+        Ok(rustix::io::pread(&self.file, buf, offset)?)
     }
 
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
         self.check_writable()?;
-        self.file.write_all_at(buf, offset)
+        while !buf.is_empty() {
+            match rustix::io::pwrite(&self.file, buf, offset) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the file accepted no more bytes",
+                    ))
+                }
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {
