@@ -111,9 +111,10 @@ with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
         for line in p_.stdout:
             if "BENCH start" in line:
                 start = time.perf_counter()
-            if "BENCH done" in line:
-                nbytes = int(line.split("bytes=")[1])
+            if line.startswith("BENCH done"):
                 el = time.perf_counter() - start
+            if line.startswith("BENCH result"):
+                nbytes = int(line.split("bytes=")[1])
         p_.wait()
         return nbytes / el / 2**20
     # The host figure: one native thread of pread into one reused page-aligned buffer,
