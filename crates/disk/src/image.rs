@@ -1,6 +1,7 @@
 //! The one trait every open image implements, and the plain data it reports.
 
 use std::collections::BTreeMap;
+use std::io::{IoSlice, IoSliceMut};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -270,6 +271,29 @@ pub trait BlockImage: Send + Sync {
 
     /// Writes `buf` at guest offset `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Reads consecutive bytes from guest offset `offset` into `bufs`, in order (a scatter
+    /// list, as a VMM gets from a guest's request). One [`BlockImage::read_at`] per buffer
+    /// unless the format can do better (raw: one `preadv`).
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<()> {
+        let mut at = offset;
+        for b in bufs.iter_mut() {
+            self.read_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `bufs` one after another from guest offset `offset` (a gather list). One
+    /// [`BlockImage::write_at`] per buffer unless the format can do better (raw: `pwritev`).
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
 
     /// Makes the range read as zeroes; with `unmap`, the format may deallocate it.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()>;

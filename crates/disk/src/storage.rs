@@ -80,6 +80,31 @@ pub trait Storage: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Reads consecutive bytes at `offset` into `bufs` in order, filling past the end of
+    /// storage with zeroes.
+    fn read_vectored_zero_padded(
+        &self,
+        bufs: &mut [io::IoSliceMut<'_>],
+        offset: u64,
+    ) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs.iter_mut() {
+            self.read_zero_padded(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `bufs` one after another at `offset`.
+    fn write_all_vectored_at(&self, bufs: &[io::IoSlice<'_>], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_all_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Deallocates `len` bytes at `offset` so they read as zeroes (a hole where possible).
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         let zero = vec![0u8; len.min(1 << 20) as usize];
@@ -178,6 +203,58 @@ impl Storage for FileStorage {
                 Ok(n) => {
                     buf = &buf[n..];
                     offset += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_vectored_zero_padded(
+        &self,
+        mut bufs: &mut [io::IoSliceMut<'_>],
+        mut offset: u64,
+    ) -> io::Result<()> {
+        while !bufs.is_empty() {
+            // At most IOV_MAX (1024) buffers per call.
+            let take = bufs.len().min(1024);
+            match rustix::io::preadv(&self.file, &mut bufs[..take], offset) {
+                Ok(0) => {
+                    // End of file: the rest reads as zeroes.
+                    for b in bufs.iter_mut() {
+                        b.fill(0);
+                    }
+                    return Ok(());
+                }
+                Ok(n) => {
+                    offset += n as u64;
+                    io::IoSliceMut::advance_slices(&mut bufs, n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all_vectored_at(&self, bufs: &[io::IoSlice<'_>], mut offset: u64) -> io::Result<()> {
+        self.check_writable()?;
+        // `advance_slices` needs the list mutable; the caller's stays as it was.
+        let mut owned: Vec<io::IoSlice<'_>> = bufs.to_vec();
+        let mut list = &mut owned[..];
+        while !list.is_empty() {
+            let take = list.len().min(1024);
+            match rustix::io::pwritev(&self.file, &list[..take], offset) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the file accepted no more bytes",
+                    ))
+                }
+                Ok(n) => {
+                    offset += n as u64;
+                    io::IoSlice::advance_slices(&mut list, n);
                 }
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),

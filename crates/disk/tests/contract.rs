@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::{IoSlice, IoSliceMut};
 use std::path::Path;
 
 use common::*;
@@ -54,6 +55,17 @@ fn verify(label: &str, step: usize, img: &dyn BlockImage, model: &[u8]) {
     if let Some(at) = first_difference(&got[..model.len()], model) {
         panic!("{label}: after step {step}, first difference at byte {at}");
     }
+    // A scatter list over an unaligned stretch reads what plain reads do.
+    let (start, mut x, mut y) = (12_345usize, vec![0u8; 70_000], vec![0u8; 3_000]);
+    img.read_vectored_at(
+        &mut [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)],
+        start as u64,
+    )
+    .unwrap_or_else(|e| panic!("{label}: vectored read: {e}"));
+    assert!(
+        x == got[start..start + x.len()] && y == got[start + x.len()..start + x.len() + y.len()],
+        "{label}: after step {step}, the vectored read differs"
+    );
     // Whatever block_status calls zero or unallocated must read as zero.
     let mut at = 0;
     while at < img.virtual_size() {
@@ -94,8 +106,16 @@ fn random_ops(label: &str, fmt: &str, opts: &str) {
                 if r % 7 == 0 {
                     data.iter_mut().take(len as usize / 2).for_each(|b| *b = 0);
                 }
-                img.write_at(&data, off)
-                    .unwrap_or_else(|e| panic!("{label} step {step}: write: {e}"));
+                if r % 5 == 1 {
+                    // A gather list of three pieces, as a VMM passes a guest's request on.
+                    let (a, rest) = data.split_at(data.len() / 3);
+                    let (b, c) = rest.split_at(rest.len() / 2);
+                    let bufs = [IoSlice::new(a), IoSlice::new(b), IoSlice::new(c)];
+                    img.write_vectored_at(&bufs, off)
+                } else {
+                    img.write_at(&data, off)
+                }
+                .unwrap_or_else(|e| panic!("{label} step {step}: write: {e}"));
                 model[off as usize..(off + len) as usize].copy_from_slice(&data);
             }
             6 => {

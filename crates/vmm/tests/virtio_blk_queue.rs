@@ -1,6 +1,7 @@
 //! virtio-blk with deep queues under real KVM: the `blkbench` guest keeps up to 128 requests
 //! in flight on a 256-entry queue, with VIRTIO_RING_F_EVENT_IDX and with the ring flags, and
-//! checks that every sector it reads is the one it asked for.
+//! checks that every sector it reads is the one it asked for, also when each request arrives
+//! split over many descriptors (one vectored read per request).
 
 mod common;
 
@@ -54,6 +55,14 @@ fn deep_queues_read_the_right_sectors_with_and_without_event_idx() {
             4096,
         ),
         ("blkbench.mib=8 blkbench.qd=64", 1, 16384),
+        // 128 KiB requests in 32 descriptors each (one vectored read per request).
+        ("blkbench.mib=8 blkbench.qd=7 blkbench.segs=32", 1, 16384),
+        // 4 KiB requests in 5 uneven pieces (819 bytes each, the last 820 with the status).
+        (
+            "blkbench.rand=1 blkbench.mib=2 blkbench.qd=32 blkbench.segs=5",
+            1,
+            4096,
+        ),
         ("blkbench.mib=8 blkbench.qd=1 blkbench.eventidx=0", 0, 16384),
     ] {
         let out = bench(&disk, params);

@@ -14,11 +14,13 @@
 //! (bytes to read, default 256 MiB), `blkbench.qd=N` (requests in flight, 1 to 128, fewer
 //! for sequential reads where the buffers run out; default 32), `blkbench.eventidx=0` (do not
 //! accept VIRTIO_RING_F_EVENT_IDX), `blkbench.check=1` (check that every sector read starts
-//! with its own number as a little-endian u64, as the test disks are written).
+//! with its own number as a little-endian u64, as the test disks are written),
+//! `blkbench.segs=N` (split each data buffer into N descriptors, 1 to 32, as a Linux guest's
+//! 128 KiB request arrives in 32 pages; fewer requests then fit in the queue).
 #![no_std]
 #![no_main]
 
-use paddock_testguest::virtio::ring::{Queue, Ring, F_EVENT_IDX};
+use paddock_testguest::virtio::ring::{Queue, Ring, F_EVENT_IDX, MAX_CHAIN};
 use paddock_testguest::virtio::{self, Device, F_WRITE, NEEDS_RESET};
 use paddock_testguest::{entry, println, BootInfo};
 
@@ -78,7 +80,8 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
     let total = (mib << 20).min(capacity * 512);
     let req = if random { 4096 } else { SEQ_REQ };
     let count = total / req as u64;
-    let fit = (AREA / (req + TAIL)).min(MAX_QD);
+    let segs = (virtio::param_u64(cmd, "blkbench.segs").unwrap_or(1) as usize).clamp(1, 32);
+    let fit = (AREA / (req + TAIL)).min(MAX_QD).min(QSIZE / (1 + segs));
     let qd = (virtio::param_u64(cmd, "blkbench.qd").unwrap_or(32) as usize).clamp(1, fit);
     // SAFETY: single-threaded guest; the device touches a header only while its request is
     // in flight.
@@ -93,7 +96,7 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
     let mut checked = 0u64;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     println!(
-        "BENCH start mode={} qd={qd} event_idx={} bytes={}",
+        "BENCH start mode={} qd={qd} segs={segs} event_idx={} bytes={}",
         if random { "rand" } else { "seq" },
         event_idx as u8,
         count * req as u64
@@ -117,9 +120,16 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
             let buf = data(k, req);
             // SAFETY: the status byte right after the data buffer, inside the area.
             unsafe { core::ptr::write_volatile(buf.add(req), 0xff) };
-            let chain = [(headers[k].as_ptr() as u64, 16, 0), (buf as u64, req as u32 + 1, F_WRITE)];
+            // The header, then the data in `segs` pieces; the status byte ends the last one.
+            let mut chain = [(0u64, 0u32, 0u16); MAX_CHAIN];
+            chain[0] = (headers[k].as_ptr() as u64, 16, 0);
+            let piece = req / segs;
+            for (i, c) in chain[1..=segs].iter_mut().enumerate() {
+                let extra = if i + 1 == segs { req - piece * segs + 1 } else { 0 };
+                *c = (buf as u64 + (i * piece) as u64, (piece + extra) as u32, F_WRITE);
+            }
             sector_of[k] = sector;
-            let head = q.add(&chain).ok_or("no free descriptors")?;
+            let head = q.add(&chain[..=segs]).ok_or("no free descriptors")?;
             slot_of[head as usize] = k as u16;
             issued += 1;
         }

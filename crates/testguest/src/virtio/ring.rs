@@ -13,7 +13,7 @@ use super::{r16, w16, w32, Desc, Device, F_NEXT};
 /// Feature bit: `used_event`/`avail_event` replace the ring flags.
 pub const F_EVENT_IDX: u64 = 1 << 29;
 /// Most buffers in one chain added with [`Queue::add`].
-pub const MAX_CHAIN: usize = 8;
+pub const MAX_CHAIN: usize = 40;
 /// Avail flag: the driver does not want interrupts.
 pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Used flag: the device does not want notifications.

@@ -73,6 +73,29 @@ struct Parsed<'a> {
     in_len: u64,
 }
 
+/// The guest ranges of stream bytes `[offset, offset + len)` when there are several (`None`
+/// for one: the caller's single-range path needs no list).
+fn pieces(
+    seg: &Segments,
+    offset: u64,
+    len: u64,
+) -> Result<Option<Vec<(vm_memory::GuestAddress, usize)>>, ChainError> {
+    let mut count = 0usize;
+    seg.for_range(offset, len, |_, _, _| {
+        count += 1;
+        Ok(())
+    })?;
+    if count < 2 {
+        return Ok(None);
+    }
+    let mut ranges = Vec::with_capacity(count);
+    seg.for_range(offset, len, |addr, _, n| {
+        ranges.push((addr, n));
+        Ok(())
+    })?;
+    Ok(Some(ranges))
+}
+
 impl BlockHandler {
     fn parse<'a>(
         &self,
@@ -177,12 +200,21 @@ impl BlockHandler {
             .is_some_and(|end| end <= self.image.virtual_size())
     }
 
-    /// Reads the disk straight into the guest's buffers, one image read per segment.
+    /// Reads the disk straight into the guest's buffers: one image read for a single
+    /// segment, one vectored read (`preadv` on raw images) for several.
     fn read(&self, p: &Parsed, mem: &GuestMem) -> Result<u8, ChainError> {
         if p.in_len % SECTOR_SIZE != 0 || !self.range_ok(p.sector, p.in_len) {
             return Ok(S_IOERR);
         }
         let base = p.sector * SECTOR_SIZE;
+        if let Some(ranges) = pieces(&p.input, 0, p.in_len)? {
+            if let Some(r) = guestio::with_guest_ranges_mut(mem, &ranges, |list| {
+                self.image.read_vectored_at(list, base)
+            }) {
+                return Ok(self.status(r, "read", p.sector));
+            }
+            // A range outside RAM, or overlapping ranges: one segment at a time below.
+        }
         let mut status = S_OK;
         p.input.for_range(0, p.in_len, |addr, at, n| {
             if status != S_OK {
@@ -194,21 +226,26 @@ impl BlockHandler {
                         addr: addr.0,
                         len: n as u32,
                     })?;
-            if let Err(e) = r {
-                eprintln!("paddock-vmm: virtio-blk: read at sector {}: {e}", p.sector);
-                status = S_IOERR;
-            }
+            status = self.status(r, "read", p.sector);
             Ok(())
         })?;
         Ok(status)
     }
 
-    /// Writes the guest's buffers straight to the disk, one image write per segment.
+    /// Writes the guest's buffers straight to the disk: one image write for a single
+    /// segment, one vectored write (`pwritev` on raw images) for several.
     fn write(&self, p: &Parsed, mem: &GuestMem) -> Result<u8, ChainError> {
         if self.read_only || p.out_len % SECTOR_SIZE != 0 || !self.range_ok(p.sector, p.out_len) {
             return Ok(S_IOERR);
         }
         let base = p.sector * SECTOR_SIZE;
+        if let Some(ranges) = pieces(&p.out, HEADER_LEN, p.out_len)? {
+            if let Some(r) = guestio::with_guest_ranges(mem, &ranges, |list| {
+                self.image.write_vectored_at(list, base)
+            }) {
+                return Ok(self.status(r, "write", p.sector));
+            }
+        }
         let mut status = S_OK;
         p.out.for_range(HEADER_LEN, p.out_len, |addr, at, n| {
             if status != S_OK {
@@ -219,13 +256,21 @@ impl BlockHandler {
                     addr: addr.0,
                     len: n as u32,
                 })?;
-            if let Err(e) = r {
-                eprintln!("paddock-vmm: virtio-blk: write at sector {}: {e}", p.sector);
-                status = S_IOERR;
-            }
+            status = self.status(r, "write", p.sector);
             Ok(())
         })?;
         Ok(status)
+    }
+
+    /// S_OK, or S_IOERR with the image's error logged.
+    fn status(&self, r: paddock_disk::Result<()>, what: &str, sector: u64) -> u8 {
+        match r {
+            Ok(()) => S_OK,
+            Err(e) => {
+                eprintln!("paddock-vmm: virtio-blk: {what} at sector {sector}: {e}");
+                S_IOERR
+            }
+        }
     }
 
     fn discard(&self, p: &Parsed, mem: &GuestMem) -> Result<u8, ChainError> {
