@@ -74,6 +74,36 @@ fn create_info_and_resize_round_trip_with_json() {
 }
 
 #[test]
+fn a_fixed_vhd_resizes_with_f_vpc_and_is_not_resized_as_raw_by_probing() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("azure.vhd");
+    let p = img.to_str().unwrap();
+    let o = paddock(&[
+        "image",
+        "create",
+        "-f",
+        "vpc",
+        "-o",
+        "subformat=fixed,force_size=on",
+        p,
+        "30M",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = std::fs::metadata(&img).unwrap().len();
+    // Probing reads a fixed VHD as raw; growing it as raw would strand the footer.
+    let o = paddock(&["image", "resize", p, "32M"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("-f vpc"), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), before);
+    let o = paddock(&["image", "resize", "-f", "vhd", p, "32M"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = paddock(&["image", "info", "--json", "-f", "vpc", p]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["virtual-size"], 32 << 20);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), (32 << 20) + 512);
+}
+
+#[test]
 fn convert_reports_json_progress_and_compare_exit_codes_follow_qemu_img() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.raw");

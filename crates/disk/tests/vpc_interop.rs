@@ -207,3 +207,113 @@ fn azure_fixed_force_size_is_exact() {
     );
     assert_eq!(img.virtual_size(), 67_125_248);
 }
+
+/// A raw file of `len` bytes: `data` then zeroes.
+fn raw_reference(path: &Path, data: &[u8], len: usize) {
+    let mut v = data[..data.len().min(len)].to_vec();
+    v.resize(len, 0);
+    std::fs::write(path, v).unwrap();
+}
+
+#[test]
+fn fixed_vhds_resize_in_place_and_qemu_img_agrees() {
+    if !have_qemu_img_for("vpc") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    let data = pattern(13 << 20);
+    std::fs::write(&src, &data).unwrap();
+    let reference = dir.path().join("ref.raw");
+    // Exact-size (Azure) images: grow to 64 MiB, then shrink to 6 MiB + 3 sectors.
+    let p = dir.path().join("azure.vhd");
+    qemu(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        "-o",
+        "subformat=fixed,force_size=on",
+        s(&src),
+        s(&p),
+    ]);
+    for (size, grow) in [(64u64 << 20, true), ((6 << 20) + 1536, false)] {
+        let img = open(&p, &OpenOptions::write(Some(Format::Vpc))).unwrap();
+        img.resize(size).unwrap();
+        assert_eq!(
+            img.virtual_size(),
+            size,
+            "grow={grow}: size in the open handle"
+        );
+        // The open handle reads and writes at the new size straight away.
+        let mut tail = vec![0xffu8; 512];
+        img.read_at(&mut tail, size - 512).unwrap();
+        if grow {
+            assert!(tail.iter().all(|&b| b == 0), "grown space reads as zeroes");
+        }
+        drop(img);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), size + 512);
+        assert_eq!(info_json(&p, "vpc")["virtual-size"].as_u64(), Some(size));
+        raw_reference(&reference, &data, size as usize);
+        let out = qemu(&["compare", "-f", "vpc", "-F", "raw", s(&p), s(&reference)]);
+        assert!(out.status.success(), "grow={grow}: qemu-img compare");
+    }
+    // Geometry-sized images round up to a geometry as `create` does, and qemu-img sees the
+    // same size.
+    let chs = dir.path().join("chs.vhd");
+    qemu(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        "-o",
+        "subformat=fixed",
+        s(&src),
+        s(&chs),
+    ]);
+    let img = open(&chs, &OpenOptions::write(Some(Format::Vpc))).unwrap();
+    img.resize(100 << 20).unwrap();
+    let size = img.virtual_size();
+    assert!(
+        (100 << 20..(100 << 20) + (1 << 20)).contains(&size),
+        "{size}"
+    );
+    drop(img);
+    assert_eq!(info_json(&chs, "vpc")["virtual-size"].as_u64(), Some(size));
+    raw_reference(&reference, &data, size as usize);
+    let out = qemu(&["compare", "-f", "vpc", "-F", "raw", s(&chs), s(&reference)]);
+    assert!(out.status.success(), "geometry-sized: qemu-img compare");
+}
+
+#[test]
+fn dynamic_and_read_only_vhds_refuse_a_resize_and_stay_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dyn.vhd");
+    let img = create(&p, Format::Vpc, &CreateOptions::sized(8 << 20)).unwrap();
+    img.write_at(&[7; 4096], 0).unwrap();
+    img.finish().unwrap();
+    drop(img);
+    let before = std::fs::read(&p).unwrap();
+    let img = open(&p, &OpenOptions::write(Some(Format::Vpc))).unwrap();
+    let e = img.resize(16 << 20).unwrap_err().to_string();
+    assert!(e.contains("subformat=fixed"), "{e}");
+    drop(img);
+    assert!(
+        std::fs::read(&p).unwrap() == before,
+        "a refused resize wrote"
+    );
+    let f = dir.path().join("fixed.vhd");
+    let mut o = CreateOptions::sized(8 << 20);
+    o.options.insert("subformat".into(), "fixed".into());
+    drop(create(&f, Format::Vpc, &o).unwrap());
+    let before = std::fs::read(&f).unwrap();
+    let ro = open(&f, &OpenOptions::read(Some(Format::Vpc))).unwrap();
+    assert!(ro.resize(16 << 20).is_err());
+    drop(ro);
+    assert!(
+        std::fs::read(&f).unwrap() == before,
+        "a read-only resize wrote"
+    );
+}

@@ -90,8 +90,28 @@ pub struct ResizeArgs {
     pub size: String,
 }
 
+/// Whether the file ends with a VHD footer: a fixed VHD, which probing calls raw (it has no
+/// header), and which a raw resize would break (the footer would no longer end the file).
+fn ends_with_vhd_footer(path: &std::path::Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut cookie = [0u8; 8];
+    f.seek(SeekFrom::End(-512)).is_ok()
+        && f.read_exact(&mut cookie).is_ok()
+        && &cookie == b"conectix"
+}
+
 /// Runs `resize`.
 pub fn run_resize(args: ResizeArgs) -> Result<ExitCode> {
+    if args.format.is_none() && ends_with_vhd_footer(&args.filename) {
+        bail!(
+            "{} ends with a VHD footer (a fixed VHD, which probing reads as raw): pass -f vpc \
+             to resize the VHD, or -f raw to resize the bytes as they are",
+            args.filename.display()
+        );
+    }
     let img = paddock_disk::open(
         &args.filename,
         &OpenOptions {
@@ -114,7 +134,12 @@ pub fn run_resize(args: ResizeArgs) -> Result<ExitCode> {
     }
     img.resize(new)?;
     img.flush()?;
-    println!("Image resized.");
+    let now = img.virtual_size();
+    if now == new {
+        println!("Image resized.");
+    } else {
+        println!("Image resized to {now} bytes (the format rounds {new} up).");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,12 +12,12 @@ pub fn check(img: &VpcImage, repair: bool) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     let len = img.storage.len().ctx(|| "reading VHD file size".into())?;
     let Some(d) = &img.dynamic else {
-        if len < img.size + SECTOR {
+        if len < img.size() + SECTOR {
             r.corruptions += 1;
             r.messages.push(format!(
                 "fixed VHD of {} bytes needs {} bytes of file, has {len}",
-                img.size,
-                img.size + SECTOR
+                img.size(),
+                img.size() + SECTOR
             ));
         }
         return Ok(r);
@@ -63,7 +63,7 @@ pub fn check(img: &VpcImage, repair: bool) -> Result<CheckReport> {
     let mut tail = [0u8; 512];
     let tail_ok = len >= SECTOR
         && img.storage.read_exact_at(&mut tail, len - SECTOR).is_ok()
-        && tail == img.footer_bytes;
+        && tail == img.footer().to_bytes();
     if !tail_ok {
         r.corruptions += 1;
         r.messages.push(format!(
@@ -74,7 +74,7 @@ pub fn check(img: &VpcImage, repair: bool) -> Result<CheckReport> {
         if repair && !img.is_read_only() {
             let at = m.next_block.max(blocks.last().map_or(0, |b| b.1));
             img.storage
-                .write_all_at(&img.footer_bytes, at)
+                .write_all_at(&img.footer().to_bytes(), at)
                 .ctx(|| format!("rewriting the VHD footer at offset {at:#x}"))?;
             img.storage
                 .set_len(at + SECTOR)

@@ -1,7 +1,8 @@
 //! An open VHD image: reads, writes, zeroing and mapping through the BAT and sector bitmaps.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use serde_json::json;
 
@@ -33,9 +34,10 @@ pub struct Dynamic {
 /// An open VHD image.
 pub struct VpcImage {
     pub(super) storage: Box<dyn Storage>,
-    pub(super) footer: Footer,
-    pub(super) footer_bytes: [u8; 512],
-    pub(super) size: u64,
+    /// The footer as last written (a resize rewrites it).
+    pub(super) footer: RwLock<Footer>,
+    /// The guest size (a resize changes it).
+    pub(super) size: AtomicU64,
     pub(super) dynamic: Option<Dynamic>,
     pub(super) parent: Option<Box<dyn BlockImage>>,
     pub(super) backing_name: Option<String>,
@@ -45,8 +47,8 @@ pub struct VpcImage {
 impl std::fmt::Debug for VpcImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VpcImage")
-            .field("footer", &self.footer)
-            .field("size", &self.size)
+            .field("footer", &self.footer())
+            .field("size", &self.size())
             .field("backing", &self.backing_name)
             .finish_non_exhaustive()
     }
@@ -181,7 +183,7 @@ impl VpcImage {
         let old_len = m.file_len;
         if fresh {
             self.storage
-                .write_all_at(&self.footer_bytes, block_end)
+                .write_all_at(&self.footer().to_bytes(), block_end)
                 .ctx(|| format!("writing the VHD footer at offset {block_end:#x}"))?;
             m.next_block = block_end;
             m.file_len = m.file_len.max(block_end + SECTOR);
@@ -339,7 +341,20 @@ impl VpcImage {
 
     /// The kind of disk.
     pub fn disk_type(&self) -> DiskType {
-        self.footer.disk_type
+        self.footer().disk_type
+    }
+
+    /// The footer as last written.
+    pub(super) fn footer(&self) -> Footer {
+        self.footer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The guest size.
+    pub(super) fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
     }
 }
 
@@ -349,12 +364,12 @@ impl BlockImage for VpcImage {
     }
 
     fn virtual_size(&self) -> u64 {
-        self.size
+        self.size()
     }
 
     fn info(&self) -> ImageInfo {
-        let f = &self.footer;
-        let mut info = ImageInfo::new(Format::Vpc, self.size);
+        let f = &self.footer();
+        let mut info = ImageInfo::new(Format::Vpc, self.size());
         info.subformat = Some(f.disk_type.name().to_string());
         info.files = self.files.clone();
         let s = &mut info.specific;
@@ -418,7 +433,7 @@ impl BlockImage for VpcImage {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(offset, buf.len() as u64, self.size)?;
+        check_range(offset, buf.len() as u64, self.size())?;
         if self.dynamic.is_none() {
             return self.read_data(buf, offset);
         }
@@ -428,7 +443,7 @@ impl BlockImage for VpcImage {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        check_range(offset, buf.len() as u64, self.size)?;
+        check_range(offset, buf.len() as u64, self.size())?;
         if self.is_read_only() {
             return Err(Error::read_only("VHD image is open read-only"));
         }
@@ -441,7 +456,7 @@ impl BlockImage for VpcImage {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         if self.is_read_only() {
             return Err(Error::read_only("VHD image is open read-only"));
         }
@@ -461,7 +476,7 @@ impl BlockImage for VpcImage {
             }
             return Ok(());
         }
-        let has_parent = self.footer.disk_type == DiskType::Differencing;
+        let has_parent = self.disk_type() == DiskType::Differencing;
         self.for_blocks(offset, len, |b, o, r| {
             let n = r.len() as u64;
             if has_parent {
@@ -475,10 +490,10 @@ impl BlockImage for VpcImage {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        if self.footer.disk_type != DiskType::Differencing {
+        if self.disk_type() != DiskType::Differencing {
             return self.write_zeroes(offset, len, true);
         }
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         if self.is_read_only() {
             return Err(Error::read_only("VHD image is open read-only"));
         }
@@ -497,8 +512,9 @@ impl BlockImage for VpcImage {
     }
 
     fn block_status(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        check_range(offset, max_len.min(1), self.size)?;
-        let max_len = max_len.min(self.size - offset);
+        let size = self.size();
+        check_range(offset, max_len.min(1), size)?;
+        let max_len = max_len.min(size - offset);
         if max_len == 0 {
             return Err(Error::invalid(format!(
                 "block status at offset {offset} is at the end of the disk"
@@ -529,5 +545,9 @@ impl BlockImage for VpcImage {
 
     fn check(&self, repair: bool) -> Result<CheckReport> {
         super::check::check(self, repair)
+    }
+
+    fn resize(&self, new_size: u64) -> Result<()> {
+        self.resize_to(new_size)
     }
 }

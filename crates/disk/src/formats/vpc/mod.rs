@@ -49,6 +49,7 @@ mod dynheader;
 mod footer;
 mod image;
 mod parse;
+mod resize;
 #[cfg(test)]
 mod tests;
 

@@ -1,7 +1,8 @@
 //! Opening a VHD: finding and verifying the footer, the dynamic header and the BAT, and
 //! finding the parent of a differencing disk.
 
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, RwLock};
 
 use super::bat::{Meta, UNALLOCATED};
 use super::dynheader::{locator_name, DynHeader, DYN_HEADER_SIZE, MAX_LOCATOR_LEN};
@@ -60,17 +61,17 @@ pub fn open(storage: Box<dyn Storage>, ctx: &OpenContext) -> Result<VpcImage> {
             "VHD virtual size {size} is over the 64 TiB limit"
         )));
     }
+    let disk_type = footer.disk_type;
     let mut img = VpcImage {
-        footer_bytes: footer.to_bytes(),
-        footer,
-        size,
+        footer: RwLock::new(footer),
+        size: AtomicU64::new(size),
         dynamic: None,
         parent: None,
         backing_name: None,
         files: ctx.path.iter().cloned().collect(),
         storage,
     };
-    if img.footer.disk_type == DiskType::Fixed {
+    if disk_type == DiskType::Fixed {
         if size > tail_at {
             return Err(Error::corrupt(format!(
                 "fixed VHD of {size} bytes is truncated: the file holds {tail_at} bytes of \
@@ -81,7 +82,7 @@ pub fn open(storage: Box<dyn Storage>, ctx: &OpenContext) -> Result<VpcImage> {
     }
     let dynamic = open_dynamic(&img, len, ctx.writable)?;
     img.dynamic = Some(dynamic);
-    if img.footer.disk_type == DiskType::Differencing {
+    if disk_type == DiskType::Differencing {
         open_parent(&mut img, len, ctx)?;
     }
     Ok(img)
@@ -89,7 +90,7 @@ pub fn open(storage: Box<dyn Storage>, ctx: &OpenContext) -> Result<VpcImage> {
 
 fn open_dynamic(img: &VpcImage, len: u64, writable: bool) -> Result<Dynamic> {
     let storage = img.storage.as_ref();
-    let at = img.footer.data_offset;
+    let at = img.footer().data_offset;
     match at.checked_add(DYN_HEADER_SIZE as u64) {
         Some(end) if end <= len => {}
         _ => {
@@ -106,12 +107,12 @@ fn open_dynamic(img: &VpcImage, len: u64, writable: bool) -> Result<Dynamic> {
     let header = DynHeader::parse(&hb, at)?;
     let bs = u64::from(header.block_size);
     let bitmap_size = header.bitmap_size();
-    let needed = img.size.div_ceil(bs);
+    let needed = img.size().div_ceil(bs);
     let max = u64::from(header.max_table_entries);
     if max < needed {
         return Err(Error::corrupt(format!(
             "VHD BAT has {max} entries of {bs} bytes, too few for the disk size {}",
-            img.size
+            img.size()
         )));
     }
     if max * 4 > MAX_BAT_BYTES {
@@ -154,7 +155,7 @@ fn open_dynamic(img: &VpcImage, len: u64, writable: bool) -> Result<Dynamic> {
             "block allocation table".to_string(),
         ),
     ];
-    if img.footer.disk_type == DiskType::Differencing {
+    if img.disk_type() == DiskType::Differencing {
         for (i, l) in header.locators.iter().enumerate() {
             if l.code == [0; 4] || l.length == 0 {
                 continue;
