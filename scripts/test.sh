@@ -8,5 +8,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The test guests are their own no_std workspace (crates/testguest): the same two gates.
+echo "== test guests: cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --manifest-path crates/testguest/Cargo.toml -- --check
+cargo clippy --locked --release --manifest-path crates/testguest/Cargo.toml \
+    --target-dir "${CARGO_TARGET_DIR:-$PWD/target}/testguest" -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace

@@ -45,7 +45,12 @@ fn read<T: Copy>(addr: u64) -> T {
 impl BootInfo {
     /// Parses the boot structure at `info` for the entry `kind` (1 = Linux64, 2 = PVH).
     pub fn parse(info: u64, kind: u64) -> BootInfo {
-        let mut b = BootInfo { kind: EntryKind::Unknown, ram: [Region::default(); MAX_REGIONS], ram_count: 0, cmdline: &[] };
+        let mut b = BootInfo {
+            kind: EntryKind::Unknown,
+            ram: [Region::default(); MAX_REGIONS],
+            ram_count: 0,
+            cmdline: &[],
+        };
         if info == 0 {
             return b;
         }
@@ -55,7 +60,8 @@ impl BootInfo {
                 let entries = read::<u8>(info + 0x1e8) as usize;
                 for i in 0..entries.min(128) {
                     let e = info + 0x2d0 + i as u64 * 20;
-                    let (addr, size, ty) = (read::<u64>(e), read::<u64>(e + 8), read::<u32>(e + 16));
+                    let (addr, size, ty) =
+                        (read::<u64>(e), read::<u64>(e + 8), read::<u32>(e + 16));
                     b.push(ty, addr, size);
                 }
                 let cmd = read::<u32>(info + 0x228) as u64;

@@ -11,7 +11,9 @@ pub const DEBUG_EXIT: u16 = 0xf4;
 #[inline]
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port I/O has no memory effects; IOPL 3 allows it from ring 3.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) }
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack))
+    }
 }
 
 /// Reads a byte from an I/O port.
@@ -27,7 +29,9 @@ pub fn inb(port: u16) -> u8 {
 #[inline]
 pub fn outl(port: u16, value: u32) {
     // SAFETY: as for `outb`.
-    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) }
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack))
+    }
 }
 
 /// Reads a 32-bit value from an I/O port.
@@ -101,7 +105,9 @@ pub fn exit(status: u32) -> ! {
     // Still running: there is no debug-exit device.
     let s5 = (5u16 << 10) | (1 << 13);
     // SAFETY: port I/O has no memory effects.
-    unsafe { core::arch::asm!("out dx, ax", in("dx") PM1A_CNT, in("ax") s5, options(nomem, nostack)) }
+    unsafe {
+        core::arch::asm!("out dx, ax", in("dx") PM1A_CNT, in("ax") s5, options(nomem, nostack))
+    }
     loop {
         core::hint::spin_loop();
     }

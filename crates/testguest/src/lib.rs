@@ -50,7 +50,11 @@ const LARGE_FLAGS: u64 = 0x87;
 
 impl PageTables {
     const fn build() -> Self {
-        let mut t = PageTables { pml4: [0; ENTRIES], pdpt: [0; ENTRIES], pd: [[0; ENTRIES]; MAPPED_GIB] };
+        let mut t = PageTables {
+            pml4: [0; ENTRIES],
+            pdpt: [0; ENTRIES],
+            pd: [[0; ENTRIES]; MAPPED_GIB],
+        };
         t.pml4[0] = (PT_BASE + PAGE as u64) | TABLE_FLAGS;
         let mut g = 0;
         while g < MAPPED_GIB {
@@ -198,7 +202,10 @@ unsafe impl Sync for GdtPointer {}
 
 #[used]
 #[no_mangle]
-static GDT_POINTER: GdtPointer = GdtPointer { limit: 7 * 8 - 1, base: core::ptr::addr_of!(GUEST_GDT) };
+static GDT_POINTER: GdtPointer = GdtPointer {
+    limit: 7 * 8 - 1,
+    base: core::ptr::addr_of!(GUEST_GDT),
+};
 
 const STACK_SIZE: usize = 64 * 1024;
 
@@ -321,7 +328,12 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     while i < n {
         // SAFETY: the caller guarantees valid ranges of `n` bytes.
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return x as i32 - y as i32;
         }

@@ -31,7 +31,9 @@ fn cf8(slot: u8, func: u8, reg: u16) -> u32 {
 pub fn read32(m: Mechanism, slot: u8, func: u8, reg: u16) -> u32 {
     match m {
         // SAFETY: ECAM is identity-mapped device memory; an aligned 32-bit read exits to the VMM.
-        Mechanism::Ecam => unsafe { core::ptr::read_volatile(ecam_addr(slot, func, reg) as *const u32) },
+        Mechanism::Ecam => unsafe {
+            core::ptr::read_volatile(ecam_addr(slot, func, reg) as *const u32)
+        },
         Mechanism::Port => {
             outl(0xcf8, cf8(slot, func, reg));
             inl(0xcfc)
@@ -43,7 +45,9 @@ pub fn read32(m: Mechanism, slot: u8, func: u8, reg: u16) -> u32 {
 pub fn write32(m: Mechanism, slot: u8, func: u8, reg: u16, v: u32) {
     match m {
         // SAFETY: as for `read32`.
-        Mechanism::Ecam => unsafe { core::ptr::write_volatile(ecam_addr(slot, func, reg) as *mut u32, v) },
+        Mechanism::Ecam => unsafe {
+            core::ptr::write_volatile(ecam_addr(slot, func, reg) as *mut u32, v)
+        },
         Mechanism::Port => {
             outl(0xcf8, cf8(slot, func, reg));
             outl(0xcfc, v)
@@ -101,6 +105,10 @@ pub fn bar(slot: u8, i: u8) -> (u32, u32) {
     let mask = read32(Mechanism::Ecam, slot, 0, reg);
     write32(Mechanism::Ecam, slot, 0, reg, orig);
     write16(slot, 0x04, cmd);
-    let size = if mask & !0xf == 0 { 0 } else { (!(mask & !0xf)).wrapping_add(1) };
+    let size = if mask & !0xf == 0 {
+        0
+    } else {
+        (!(mask & !0xf)).wrapping_add(1)
+    };
     (orig & !0xf, size)
 }

@@ -30,7 +30,8 @@ pub const QSIZE: usize = 16;
 /// The value of `key=` on the command line.
 pub fn param<'a>(cmdline: &'a [u8], key: &str) -> Option<&'a str> {
     let s = core::str::from_utf8(cmdline).ok()?;
-    s.split(' ').find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    s.split(' ')
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// A decimal parameter.
@@ -70,7 +71,12 @@ impl QueueMem {
     /// An empty queue.
     pub const fn new() -> Self {
         QueueMem {
-            desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; QSIZE],
+            desc: [Desc {
+                addr: 0,
+                len: 0,
+                flags: 0,
+                next: 0,
+            }; QSIZE],
             avail_flags: 0,
             avail_idx: 0,
             avail_ring: [0; QSIZE],
@@ -160,7 +166,8 @@ impl Device {
             let off = off as u16;
             let ty = pci::read8(slot, off + 3);
             let bar = pci::read8(slot, off + 4);
-            let base = pci::read32(pci::Mechanism::Ecam, slot, 0, 0x10 + 4 * bar as u16) as u64 & !0xf;
+            let base =
+                pci::read32(pci::Mechanism::Ecam, slot, 0, 0x10 + 4 * bar as u16) as u64 & !0xf;
             let at = base + pci::read32(pci::Mechanism::Ecam, slot, 0, off + 8) as u64;
             match ty {
                 1 => d.common = at,
@@ -223,7 +230,11 @@ impl Device {
     }
 
     /// Sets up queue 0 in `mem` and sets DRIVER_OK.
-    pub fn start(&mut self, mem: *mut QueueMem) -> Result<(), &'static str> {
+    ///
+    /// # Safety
+    /// `mem` must point to queue memory that lives for the rest of the program (a static) and
+    /// that nothing but this device and its driver touches from now on.
+    pub unsafe fn start(&mut self, mem: *mut QueueMem) -> Result<(), &'static str> {
         self.queue = mem;
         self.next_avail = 0;
         self.last_used = 0;
@@ -272,7 +283,12 @@ impl Device {
                 let next = if i + 1 < bufs.len() { F_NEXT } else { 0 };
                 write_volatile(
                     core::ptr::addr_of_mut!((*q).desc[i]),
-                    Desc { addr, len, flags: flags | next, next: i as u16 + 1 },
+                    Desc {
+                        addr,
+                        len,
+                        flags: flags | next,
+                        next: i as u16 + 1,
+                    },
                 );
             }
             let slot = self.next_avail as usize % QSIZE;
@@ -294,7 +310,7 @@ impl Device {
             if spins > 2_000_000_000 {
                 return Err("device never used the chain");
             }
-            if spins % 1_000_000 == 0 && self.status() & NEEDS_RESET != 0 {
+            if spins.is_multiple_of(1_000_000) && self.status() & NEEDS_RESET != 0 {
                 return Err("device needs reset");
             }
             core::hint::spin_loop();
@@ -328,7 +344,12 @@ impl Device {
                     let next = if i + 1 < chain.len() { F_NEXT } else { 0 };
                     write_volatile(
                         core::ptr::addr_of_mut!((*q).desc[d]),
-                        Desc { addr, len, flags: flags | next, next: d as u16 + 1 },
+                        Desc {
+                            addr,
+                            len,
+                            flags: flags | next,
+                            next: d as u16 + 1,
+                        },
                     );
                     d += 1;
                 }
@@ -349,7 +370,7 @@ impl Device {
             if spins > 2_000_000_000 {
                 return Err("device never used the batch");
             }
-            if spins % 1_000_000 == 0 && self.status() & NEEDS_RESET != 0 {
+            if spins.is_multiple_of(1_000_000) && self.status() & NEEDS_RESET != 0 {
                 return Err("device needs reset");
             }
             core::hint::spin_loop();
@@ -365,8 +386,19 @@ impl Device {
         let q = self.queue;
         // SAFETY: as in `submit`.
         unsafe {
-            write_volatile(core::ptr::addr_of_mut!((*q).desc[0]), Desc { addr: buf, len: 16, flags: F_NEXT, next: 0 });
-            write_volatile(core::ptr::addr_of_mut!((*q).avail_ring[self.next_avail as usize % QSIZE]), 0);
+            write_volatile(
+                core::ptr::addr_of_mut!((*q).desc[0]),
+                Desc {
+                    addr: buf,
+                    len: 16,
+                    flags: F_NEXT,
+                    next: 0,
+                },
+            );
+            write_volatile(
+                core::ptr::addr_of_mut!((*q).avail_ring[self.next_avail as usize % QSIZE]),
+                0,
+            );
             fence(Ordering::SeqCst);
             self.next_avail = self.next_avail.wrapping_add(1);
             write_volatile(core::ptr::addr_of_mut!((*q).avail_idx), self.next_avail);
@@ -401,7 +433,11 @@ pub struct Vq {
 impl Device {
     /// Sets up queue `index` in `mem` (after [`Device::negotiate`], before
     /// [`Device::driver_ok`]).
-    pub fn setup_queue(&self, index: u16, mem: *mut QueueMem) -> Result<Vq, &'static str> {
+    ///
+    /// # Safety
+    /// As for [`Device::start`]: `mem` must be a static that only the returned queue and the
+    /// device touch from now on.
+    pub unsafe fn setup_queue(&self, index: u16, mem: *mut QueueMem) -> Result<Vq, &'static str> {
         // SAFETY: the queue memory is the guest's own static, idle until the queue is enabled.
         unsafe { write_volatile(mem, QueueMem::new()) };
         let c = self.common;
@@ -425,7 +461,13 @@ impl Device {
         }
         let notify_off = r16(c + 0x1e) as u64;
         w16(c + 0x1c, 1);
-        Ok(Vq { q: mem, notify: self.notify + notify_off * self.notify_mul as u64, index, next_avail: 0, last_used: 0 })
+        Ok(Vq {
+            q: mem,
+            notify: self.notify + notify_off * self.notify_mul as u64,
+            index,
+            next_avail: 0,
+            last_used: 0,
+        })
     }
 
     /// Sets DRIVER_OK once the queues are set up.
@@ -456,7 +498,12 @@ impl Vq {
                 let next = if i + 1 < bufs.len() { F_NEXT } else { 0 };
                 write_volatile(
                     core::ptr::addr_of_mut!((*q).desc[idx]),
-                    Desc { addr, len, flags: flags | next, next: ((idx + 1) % QSIZE) as u16 },
+                    Desc {
+                        addr,
+                        len,
+                        flags: flags | next,
+                        next: ((idx + 1) % QSIZE) as u16,
+                    },
                 );
             }
             let slot = self.next_avail as usize % QSIZE;

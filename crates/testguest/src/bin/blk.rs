@@ -32,7 +32,12 @@ struct Buffers {
     data: [u8; MAX_SECTORS * 512],
 }
 
-static mut BUF: Buffers = Buffers { header: [0; 16], status: 0, id: [0; 20], data: [0; MAX_SECTORS * 512] };
+static mut BUF: Buffers = Buffers {
+    header: [0; 16],
+    status: 0,
+    id: [0; 20],
+    data: [0; MAX_SECTORS * 512],
+};
 
 /// The host's pattern for byte `i` of sector `s` (the test writes the same).
 fn host_pattern(seed: u64, s: u64, i: usize) -> u8 {
@@ -41,7 +46,10 @@ fn host_pattern(seed: u64, s: u64, i: usize) -> u8 {
 
 /// The guest's pattern (the test checks the image for it).
 fn guest_pattern(seed: u64, s: u64, i: usize) -> u8 {
-    (s.wrapping_mul(17).wrapping_add(3 * i as u64).wrapping_add(seed) as u8) ^ 0x5a
+    (s.wrapping_mul(17)
+        .wrapping_add(3 * i as u64)
+        .wrapping_add(seed) as u8)
+        ^ 0x5a
 }
 
 fn fnv(h: &mut u32, bytes: &[u8]) {
@@ -51,7 +59,13 @@ fn fnv(h: &mut u32, bytes: &[u8]) {
 }
 
 /// One request: header, optional data (device-writable for reads), status.
-fn request(dev: &mut Device, kind: u32, sector: u64, data_len: usize, data_writable: bool) -> Result<(u8, u32), &'static str> {
+fn request(
+    dev: &mut Device,
+    kind: u32,
+    sector: u64,
+    data_len: usize,
+    data_writable: bool,
+) -> Result<(u8, u32), &'static str> {
     // SAFETY: single-threaded guest; the device reads and writes these buffers only while
     // `submit` polls for completion.
     let b = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
@@ -64,8 +78,16 @@ fn request(dev: &mut Device, kind: u32, sector: u64, data_len: usize, data_writa
     chain[n] = (b.header.as_ptr() as u64, 16, 0);
     n += 1;
     if data_len > 0 {
-        let addr = if kind == T_GET_ID { b.id.as_ptr() as u64 } else { b.data.as_ptr() as u64 };
-        chain[n] = (addr, data_len as u32, if data_writable { F_WRITE } else { 0 });
+        let addr = if kind == T_GET_ID {
+            b.id.as_ptr() as u64
+        } else {
+            b.data.as_ptr() as u64
+        };
+        chain[n] = (
+            addr,
+            data_len as u32,
+            if data_writable { F_WRITE } else { 0 },
+        );
         n += 1;
     }
     chain[n] = (core::ptr::addr_of!(b.status) as u64, 1, F_WRITE);
@@ -99,19 +121,26 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
     // FLUSH (9), RO (5), BLK_SIZE (6), SEG_MAX (2), SIZE_MAX (1).
     let acked = dev.negotiate(1 << 9 | 1 << 5 | 1 << 6 | 1 << 2 | 1 << 1)?;
     let ro = acked & (1 << 5) != 0;
-    let capacity = virtio::r32(dev.device_cfg) as u64 | (virtio::r32(dev.device_cfg + 4) as u64) << 32;
+    let capacity =
+        virtio::r32(dev.device_cfg) as u64 | (virtio::r32(dev.device_cfg + 4) as u64) << 32;
     let seg_max = virtio::r32(dev.device_cfg + 0x0c);
-    println!("blk 00:{slot:02x}.0 capacity={capacity} sectors ro={} flush={} seg_max={seg_max}", ro as u8, (acked >> 9) & 1);
+    println!(
+        "blk 00:{slot:02x}.0 capacity={capacity} sectors ro={} flush={} seg_max={seg_max}",
+        ro as u8,
+        (acked >> 9) & 1
+    );
     if ro != expect_ro {
         return Err("read-only flag differs from blk.ro");
     }
     // The queue memory is used only by this driver and the device.
-    dev.start(core::ptr::addr_of_mut!(QUEUE))?;
+    // SAFETY: QUEUE is this guest's own static, used by nothing but this queue and the device.
+    unsafe { dev.start(core::ptr::addr_of_mut!(QUEUE)) }?;
     if virtio::param_u64(cmd, "blk.malformed") == Some(1) {
         dev.submit_looping_chain(core::ptr::addr_of!(BUF) as u64)?;
         println!("looping chain: DEVICE_NEEDS_RESET");
         dev.negotiate(acked)?;
-        dev.start(core::ptr::addr_of_mut!(QUEUE))?;
+        // SAFETY: QUEUE is this guest's own static, used by nothing but this queue and the device.
+        unsafe { dev.start(core::ptr::addr_of_mut!(QUEUE)) }?;
         if dev.status() & virtio::NEEDS_RESET != 0 {
             return Err("DEVICE_NEEDS_RESET survived the reset");
         }
@@ -122,7 +151,10 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
     // SAFETY: completed request.
     let id = unsafe { &(*core::ptr::addr_of!(BUF)).id };
     let idlen = id.iter().position(|&b| b == 0).unwrap_or(20);
-    println!("serial={} status={st} used={used}", core::str::from_utf8(&id[..idlen]).unwrap_or("?"));
+    println!(
+        "serial={} status={st} used={used}",
+        core::str::from_utf8(&id[..idlen]).unwrap_or("?")
+    );
 
     let len = sectors * 512;
     let (st, used) = request(&mut dev, T_IN, 0, len, true)?;
@@ -134,7 +166,10 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
     for s in 0..sectors {
         for i in 0..512 {
             if data[s * 512 + i] != host_pattern(seed, s as u64, i) {
-                println!("pattern mismatch at sector {s} byte {i}: {:#x}", data[s * 512 + i]);
+                println!(
+                    "pattern mismatch at sector {s} byte {i}: {:#x}",
+                    data[s * 512 + i]
+                );
                 return Err("host pattern not found");
             }
         }
@@ -164,7 +199,10 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
         }
         data[..len].fill(0);
         let (st, _) = request(&mut dev, T_IN, WRITE_AT, len, true)?;
-        if st != 0 || (0..len).any(|k| data[k] != guest_pattern(seed, WRITE_AT + (k / 512) as u64, k % 512)) {
+        if st != 0
+            || (0..len)
+                .any(|k| data[k] != guest_pattern(seed, WRITE_AT + (k / 512) as u64, k % 512))
+        {
             return Err("read-back of the written sectors differs");
         }
         println!("wrote {sectors} sectors at {WRITE_AT}, flushed, read back ok");

@@ -45,7 +45,10 @@ struct Buffers {
     header: [[u8; 16]; MAX_QD],
 }
 
-static mut BUF: Buffers = Buffers { data: [0; AREA], header: [[0; 16]; MAX_QD] };
+static mut BUF: Buffers = Buffers {
+    data: [0; AREA],
+    header: [[0; 16]; MAX_QD],
+};
 
 fn main(boot: &BootInfo) -> u32 {
     match run(boot) {
@@ -60,7 +63,11 @@ fn main(boot: &BootInfo) -> u32 {
 /// Where request slot `k` of `req` bytes keeps its data (the status byte follows it).
 fn data(k: usize, req: usize) -> *mut u8 {
     // SAFETY: `k * (req + TAIL) + req + 1` stays inside the area (checked by the caller's qd).
-    unsafe { core::ptr::addr_of_mut!(BUF.data).cast::<u8>().add(k * (req + TAIL)) }
+    unsafe {
+        core::ptr::addr_of_mut!(BUF.data)
+            .cast::<u8>()
+            .add(k * (req + TAIL))
+    }
 }
 
 fn run(boot: &BootInfo) -> Result<(), &'static str> {
@@ -74,8 +81,11 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
     let wanted = 1 << 2 | 1 << 1 | if want_event_idx { F_EVENT_IDX } else { 0 };
     let acked = dev.negotiate(wanted)?;
     let event_idx = acked & F_EVENT_IDX != 0;
-    let capacity = virtio::r32(dev.device_cfg) as u64 | (virtio::r32(dev.device_cfg + 4) as u64) << 32;
-    let mut q: Queue<QSIZE> = dev.setup_ring(0, core::ptr::addr_of_mut!(RING), event_idx)?;
+    let capacity =
+        virtio::r32(dev.device_cfg) as u64 | (virtio::r32(dev.device_cfg + 4) as u64) << 32;
+    // SAFETY: RING is this guest's own static, used by nothing but this queue and the device.
+    let mut q: Queue<QSIZE> =
+        unsafe { dev.setup_ring(0, core::ptr::addr_of_mut!(RING), event_idx) }?;
     dev.driver_ok()?;
     let total = (mib << 20).min(capacity * 512);
     let req = if random { 4096 } else { SEQ_REQ };
@@ -125,8 +135,16 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
             chain[0] = (headers[k].as_ptr() as u64, 16, 0);
             let piece = req / segs;
             for (i, c) in chain[1..=segs].iter_mut().enumerate() {
-                let extra = if i + 1 == segs { req - piece * segs + 1 } else { 0 };
-                *c = (buf as u64 + (i * piece) as u64, (piece + extra) as u32, F_WRITE);
+                let extra = if i + 1 == segs {
+                    req - piece * segs + 1
+                } else {
+                    0
+                };
+                *c = (
+                    buf as u64 + (i * piece) as u64,
+                    (piece + extra) as u32,
+                    F_WRITE,
+                );
             }
             sector_of[k] = sector;
             let head = q.add(&chain[..=segs]).ok_or("no free descriptors")?;
@@ -138,13 +156,17 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
         while let Some((head, len)) = q.poll() {
             let k = slot_of[head as usize] as usize;
             // SAFETY: the request completed; the device wrote its status byte.
-            if unsafe { core::ptr::read_volatile(data(k, req).add(req)) } != 0 || len != req as u32 + 1 {
+            if unsafe { core::ptr::read_volatile(data(k, req).add(req)) } != 0
+                || len != req as u32 + 1
+            {
                 return Err("read failed");
             }
             if check {
                 for s in 0..req / 512 {
                     // SAFETY: inside the completed request's data buffer.
-                    let got = unsafe { core::ptr::read_unaligned(data(k, req).add(s * 512).cast::<u64>()) };
+                    let got = unsafe {
+                        core::ptr::read_unaligned(data(k, req).add(s * 512).cast::<u64>())
+                    };
                     if got != sector_of[k] + s as u64 {
                         println!("blkbench: sector {} read as {got}", sector_of[k] + s as u64);
                         return Err("wrong data");
@@ -165,12 +187,16 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
         if idle > 2_000_000_000 {
             return Err("the device stopped using requests");
         }
-        if idle % 1_000_000 == 0 && dev.status() & NEEDS_RESET != 0 {
+        if idle.is_multiple_of(1_000_000) && dev.status() & NEEDS_RESET != 0 {
             return Err("device needs reset");
         }
         core::hint::spin_loop();
     }
     println!("BENCH done");
-    println!("BENCH result notifies={} checked={checked} bytes={}", q.notifies, count * req as u64);
+    println!(
+        "BENCH result notifies={} checked={checked} bytes={}",
+        q.notifies,
+        count * req as u64
+    );
     Ok(())
 }

@@ -19,7 +19,10 @@ struct Buffers {
     tx: [u8; 512],
 }
 
-static mut BUFS: Buffers = Buffers { rx: [0; 256], tx: [0; 512] };
+static mut BUFS: Buffers = Buffers {
+    rx: [0; 256],
+    tx: [0; 512],
+};
 
 fn main(boot: &BootInfo) -> u32 {
     match run(boot) {
@@ -56,15 +59,25 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
         println!("serial: type a line");
         let mut line = [0u8; 128];
         let n = serial_line(&mut line)?;
-        println!("serial got: {}", core::str::from_utf8(&line[..n]).unwrap_or("?"));
+        println!(
+            "serial got: {}",
+            core::str::from_utf8(&line[..n]).unwrap_or("?")
+        );
     }
     let slot = virtio::find(0x1af4, 0x1043).ok_or("no virtio-console device")?;
     let dev = Device::open(slot)?;
     dev.negotiate(0)?;
-    let ports = u32::from_le_bytes([dev.config8(4), dev.config8(5), dev.config8(6), dev.config8(7)]);
+    let ports = u32::from_le_bytes([
+        dev.config8(4),
+        dev.config8(5),
+        dev.config8(6),
+        dev.config8(7),
+    ]);
     println!("console 00:{slot:02x}.0: max_nr_ports={ports}");
-    let mut rx = dev.setup_queue(0, core::ptr::addr_of_mut!(RXQ))?;
-    let mut tx = dev.setup_queue(1, core::ptr::addr_of_mut!(TXQ))?;
+    // SAFETY: RXQ is this guest's own static, used by nothing but this queue and the device.
+    let mut rx = unsafe { dev.setup_queue(0, core::ptr::addr_of_mut!(RXQ)) }?;
+    // SAFETY: TXQ is this guest's own static, used by nothing but this queue and the device.
+    let mut tx = unsafe { dev.setup_queue(1, core::ptr::addr_of_mut!(TXQ)) }?;
     dev.driver_ok()?;
     // SAFETY: single-threaded guest; the device touches a buffer only while it is posted.
     let bufs = unsafe { &mut *core::ptr::addr_of_mut!(BUFS) };
@@ -78,7 +91,10 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
         let mut line = [0u8; 200];
         let mut n = 0;
         while n == 0 || line[n - 1] != b'\n' {
-            rx.post(0, &[(bufs.rx.as_ptr() as u64, bufs.rx.len() as u32, F_WRITE)]);
+            rx.post(
+                0,
+                &[(bufs.rx.as_ptr() as u64, bufs.rx.len() as u32, F_WRITE)],
+            );
             let (_, len) = rx.wait(4_000_000_000)?;
             let len = (len as usize).min(line.len() - n);
             line[n..n + len].copy_from_slice(&bufs.rx[..len]);
@@ -90,7 +106,10 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
         let prefix = b"console got: ";
         bufs.tx[..prefix.len()].copy_from_slice(prefix);
         bufs.tx[prefix.len()..prefix.len() + n].copy_from_slice(&line[..n]);
-        tx.post(0, &[(bufs.tx.as_ptr() as u64, (prefix.len() + n) as u32, 0)]);
+        tx.post(
+            0,
+            &[(bufs.tx.as_ptr() as u64, (prefix.len() + n) as u32, 0)],
+        );
         tx.wait(1_000_000_000)?;
         println!("console: echoed {n} bytes");
     }

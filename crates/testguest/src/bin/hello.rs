@@ -8,7 +8,12 @@ entry!(main);
 
 fn main(boot: &BootInfo) -> u32 {
     println!("Hello from the Paddock test guest");
-    println!("entry={:?} ram={} MiB regions={}", boot.kind, boot.ram_total() >> 20, boot.ram_count);
+    println!(
+        "entry={:?} ram={} MiB regions={}",
+        boot.kind,
+        boot.ram_total() >> 20,
+        boot.ram_count
+    );
     if let Ok(cmd) = core::str::from_utf8(boot.cmdline) {
         println!("cmdline={cmd}");
     }

@@ -45,7 +45,12 @@ fn main(boot: &BootInfo) -> u32 {
                 a += 8;
             }
         }
-        println!("MEM region {:#x}-{:#x} ok ({} MiB)", start, end, (end - start) >> 20);
+        println!(
+            "MEM region {:#x}-{:#x} ok ({} MiB)",
+            start,
+            end,
+            (end - start) >> 20
+        );
         total += end - start;
     }
     println!("MEM PASS {} MiB", total >> 20);

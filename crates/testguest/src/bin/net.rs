@@ -24,7 +24,10 @@ struct Buffers {
     tx: [u8; BUF],
 }
 
-static mut BUFS: Buffers = Buffers { rx: [[0; BUF]; RX_BUFS], tx: [0; BUF] };
+static mut BUFS: Buffers = Buffers {
+    rx: [[0; BUF]; RX_BUFS],
+    tx: [0; BUF],
+};
 
 fn main(_boot: &BootInfo) -> u32 {
     match run() {
@@ -52,14 +55,19 @@ fn run() -> Result<(), &'static str> {
         "net 00:{slot:02x}.0: mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link={link}",
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
     );
-    let mut rx = dev.setup_queue(0, core::ptr::addr_of_mut!(RXQ))?;
-    let mut tx = dev.setup_queue(1, core::ptr::addr_of_mut!(TXQ))?;
+    // SAFETY: RXQ is this guest's own static, used by nothing but this queue and the device.
+    let mut rx = unsafe { dev.setup_queue(0, core::ptr::addr_of_mut!(RXQ)) }?;
+    // SAFETY: TXQ is this guest's own static, used by nothing but this queue and the device.
+    let mut tx = unsafe { dev.setup_queue(1, core::ptr::addr_of_mut!(TXQ)) }?;
     dev.driver_ok()?;
     // SAFETY: single-threaded guest; the device writes a receive buffer only between its
     // posting and its return in the used ring, and reads the transmit buffer likewise.
     let bufs = unsafe { &mut *core::ptr::addr_of_mut!(BUFS) };
     for i in 0..RX_BUFS {
-        rx.post(i as u16, &[(bufs.rx[i].as_ptr() as u64, BUF as u32, F_WRITE)]);
+        rx.post(
+            i as u16,
+            &[(bufs.rx[i].as_ptr() as u64, BUF as u32, F_WRITE)],
+        );
     }
 
     let frame = &mut bufs.tx[..HDR + 60];
@@ -90,7 +98,10 @@ fn run() -> Result<(), &'static str> {
             return Ok(());
         }
         println!("net: skipped a frame of {} bytes", len - HDR);
-        rx.post(i as u16, &[(bufs.rx[i].as_ptr() as u64, BUF as u32, F_WRITE)]);
+        rx.post(
+            i as u16,
+            &[(bufs.rx[i].as_ptr() as u64, BUF as u32, F_WRITE)],
+        );
     }
     Err("no reply among 64 frames")
 }

@@ -18,14 +18,20 @@ fn main(_boot: &BootInfo) -> u32 {
     let mut ok = true;
     let mut last = None;
     for slot in 0..32u8 {
-        let (e, p) = (pci::ids(Mechanism::Ecam, slot), pci::ids(Mechanism::Port, slot));
+        let (e, p) = (
+            pci::ids(Mechanism::Ecam, slot),
+            pci::ids(Mechanism::Port, slot),
+        );
         if e != p {
             println!("MISMATCH 00:{slot:02x}.0: ecam {e:?} port {p:?}");
             ok = false;
         }
         let Some((vendor, device)) = e else { continue };
         for reg in (0..256u16).step_by(4) {
-            let (a, b) = (pci::read32(Mechanism::Ecam, slot, 0, reg), pci::read32(Mechanism::Port, slot, 0, reg));
+            let (a, b) = (
+                pci::read32(Mechanism::Ecam, slot, 0, reg),
+                pci::read32(Mechanism::Port, slot, 0, reg),
+            );
             if a != b {
                 println!("MISMATCH 00:{slot:02x}.0 reg {reg:#x}: ecam {a:#x} port {b:#x}");
                 ok = false;
@@ -82,7 +88,11 @@ fn main(_boot: &BootInfo) -> u32 {
         ok &= enable_msix(slot);
     }
     println!("PCI enumeration {}", if ok { "agreed" } else { "FAILED" });
-    if ok { 0 } else { 1 }
+    if ok {
+        0
+    } else {
+        1
+    }
 }
 
 fn move_bar(slot: u8) -> bool {
@@ -126,6 +136,10 @@ fn enable_msix(slot: u8) -> bool {
     pci::write16(slot, off + 2, ctrl | 0x8000);
     let back = pci::read16(slot, off + 2);
     let data = virtio::r32(entry0 + 8);
-    println!("MSI-X on 00:{slot:02x}.0: {} vectors, enabled={} entry0.data={data:#x}", (ctrl & 0x7ff) + 1, back >> 15);
+    println!(
+        "MSI-X on 00:{slot:02x}.0: {} vectors, enabled={} entry0.data={data:#x}",
+        (ctrl & 0x7ff) + 1,
+        back >> 15
+    );
     back & 0x8000 != 0 && data == 0x30
 }

@@ -115,7 +115,10 @@ static UP: AtomicU32 = AtomicU32::new(0);
 static COM1_LOCK: AtomicBool = AtomicBool::new(false);
 
 fn locked(f: impl FnOnce()) {
-    while COM1_LOCK.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while COM1_LOCK
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         core::hint::spin_loop();
     }
     f();
@@ -206,9 +209,16 @@ fn main(_boot: &BootInfo) -> u32 {
         for i in 0..len {
             core::ptr::write_volatile(dst.add(i), core::ptr::read(start.add(i)));
         }
-        let field = |sym: *const u8| (TRAMP_BASE as usize + (sym as usize - start as usize)) as *mut u64;
-        core::ptr::write_volatile(field(core::ptr::addr_of!(smp_tramp_entry)), ap_main as *const () as u64);
-        core::ptr::write_volatile(field(core::ptr::addr_of!(smp_tramp_stacks)), core::ptr::addr_of!(AP_STACKS) as u64);
+        let field =
+            |sym: *const u8| (TRAMP_BASE as usize + (sym as usize - start as usize)) as *mut u64;
+        core::ptr::write_volatile(
+            field(core::ptr::addr_of!(smp_tramp_entry)),
+            ap_main as *const () as u64,
+        );
+        core::ptr::write_volatile(
+            field(core::ptr::addr_of!(smp_tramp_stacks)),
+            core::ptr::addr_of!(AP_STACKS) as u64,
+        );
         core::ptr::write_volatile(field(core::ptr::addr_of!(smp_tramp_next)) as *mut u32, 0);
     }
     // Software-enable the LAPIC (spurious vector 0xff).

@@ -33,7 +33,10 @@ struct Buffers {
     tx: [u8; BUF],
 }
 
-static mut BUFS: Buffers = Buffers { rx: [[0; BUF]; RX_BUFS], tx: [0; BUF] };
+static mut BUFS: Buffers = Buffers {
+    rx: [[0; BUF]; RX_BUFS],
+    tx: [0; BUF],
+};
 
 #[derive(Clone, Copy, Default)]
 struct Hdr {
@@ -65,7 +68,14 @@ impl Vsock {
         unsafe { &mut *core::ptr::addr_of_mut!(BUFS) }
     }
 
-    fn send(&mut self, op: u16, src_port: u32, dst_port: u32, flags: u32, data: &[u8]) -> Result<(), &'static str> {
+    fn send(
+        &mut self,
+        op: u16,
+        src_port: u32,
+        dst_port: u32,
+        flags: u32,
+        data: &[u8],
+    ) -> Result<(), &'static str> {
         let b = &mut Self::bufs().tx;
         b[..HDR].fill(0);
         b[0..8].copy_from_slice(&self.cid.to_le_bytes());
@@ -79,7 +89,8 @@ impl Vsock {
         b[36..40].copy_from_slice(&BUF_ALLOC.to_le_bytes());
         b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
         b[HDR..HDR + data.len()].copy_from_slice(data);
-        self.tx.post(0, &[(b.as_ptr() as u64, (HDR + data.len()) as u32, 0)]);
+        self.tx
+            .post(0, &[(b.as_ptr() as u64, (HDR + data.len()) as u32, 0)]);
         self.tx.wait(1_000_000_000).map(|_| ())
     }
 
@@ -135,11 +146,20 @@ fn run(boot: &BootInfo) -> Result<(), &'static str> {
         cid |= u64::from(dev.config8(i)) << (8 * i);
     }
     println!("vsock 00:{slot:02x}.0: cid={cid}");
-    let rx = dev.setup_queue(0, core::ptr::addr_of_mut!(RXQ))?;
-    let tx = dev.setup_queue(1, core::ptr::addr_of_mut!(TXQ))?;
-    dev.setup_queue(2, core::ptr::addr_of_mut!(EVQ))?;
+    // SAFETY: RXQ is this guest's own static, used by nothing but this queue and the device.
+    let rx = unsafe { dev.setup_queue(0, core::ptr::addr_of_mut!(RXQ)) }?;
+    // SAFETY: TXQ is this guest's own static, used by nothing but this queue and the device.
+    let tx = unsafe { dev.setup_queue(1, core::ptr::addr_of_mut!(TXQ)) }?;
+    // SAFETY: EVQ is this guest's own static, used by nothing but this queue and the device.
+    unsafe { dev.setup_queue(2, core::ptr::addr_of_mut!(EVQ)) }?;
     dev.driver_ok()?;
-    let mut v = Vsock { cid, rx, tx, fwd_cnt: 0, request: None };
+    let mut v = Vsock {
+        cid,
+        rx,
+        tx,
+        fwd_cnt: 0,
+        request: None,
+    };
     for i in 0..RX_BUFS {
         let addr = Vsock::bufs().rx[i].as_ptr() as u64;
         v.rx.post(i as u16, &[(addr, BUF as u32, F_WRITE)]);

@@ -16,7 +16,7 @@ fn main(_boot: &BootInfo) -> u32 {
     let mut n: u64 = 0;
     loop {
         n = n.wrapping_add(1);
-        if n % (1 << 20) == 0 {
+        if n.is_multiple_of(1 << 20) {
             io::outb(HEARTBEAT_PORT, n as u8);
         }
         core::hint::spin_loop();

@@ -58,9 +58,24 @@ impl<const N: usize> Ring<N> {
     /// An empty ring.
     pub const fn new() -> Self {
         Ring {
-            desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; N],
-            avail: Avail { flags: 0, idx: 0, ring: [0; N], used_event: 0 },
-            used: Used { flags: 0, idx: 0, ring: [UsedElem { id: 0, len: 0 }; N], avail_event: 0 },
+            desc: [Desc {
+                addr: 0,
+                len: 0,
+                flags: 0,
+                next: 0,
+            }; N],
+            avail: Avail {
+                flags: 0,
+                idx: 0,
+                ring: [0; N],
+                used_event: 0,
+            },
+            used: Used {
+                flags: 0,
+                idx: 0,
+                ring: [UsedElem { id: 0, len: 0 }; N],
+                avail_event: 0,
+            },
         }
     }
 }
@@ -94,7 +109,11 @@ pub struct Queue<const N: usize> {
 impl Device {
     /// Sets up queue `index` of `N` entries in `ring` (after [`Device::negotiate`], before
     /// [`Device::driver_ok`]); `event_idx` says whether VIRTIO_RING_F_EVENT_IDX was accepted.
-    pub fn setup_ring<const N: usize>(
+    ///
+    /// # Safety
+    /// `ring` must point to a ring that lives for the rest of the program (a static) and that
+    /// nothing but the returned queue and the device touches from now on.
+    pub unsafe fn setup_ring<const N: usize>(
         &self,
         index: u16,
         ring: *mut Ring<N>,
@@ -112,8 +131,13 @@ impl Device {
         }
         w16(c + 0x18, N as u16);
         // SAFETY: only addresses are taken.
-        let (desc, avail, used) =
-            unsafe { (addr_of!((*ring).desc) as u64, addr_of!((*ring).avail) as u64, addr_of!((*ring).used) as u64) };
+        let (desc, avail, used) = unsafe {
+            (
+                addr_of!((*ring).desc) as u64,
+                addr_of!((*ring).avail) as u64,
+                addr_of!((*ring).used) as u64,
+            )
+        };
         for (off, v) in [(0x20, desc), (0x28, avail), (0x30, used)] {
             w32(c + off, v as u32);
             w32(c + off + 4, (v >> 32) as u32);
@@ -170,7 +194,15 @@ impl<const N: usize> Queue<N> {
                 let last = i + 1 == n;
                 let next = if last { 0 } else { ids[i + 1] };
                 let flags = flags | if last { 0 } else { F_NEXT };
-                write_volatile(addr_of_mut!((*ring).desc[ids[i] as usize]), Desc { addr, len, flags, next });
+                write_volatile(
+                    addr_of_mut!((*ring).desc[ids[i] as usize]),
+                    Desc {
+                        addr,
+                        len,
+                        flags,
+                        next,
+                    },
+                );
             }
             let slot = self.next_avail as usize % N;
             write_volatile(addr_of_mut!((*ring).avail.ring[slot]), ids[0]);
@@ -192,7 +224,11 @@ impl<const N: usize> Queue<N> {
         // SAFETY: volatile reads of fields the device writes.
         let want = unsafe {
             if self.event_idx {
-                need_event(read_volatile(addr_of!((*ring).used.avail_event)), self.next_avail, self.kicked)
+                need_event(
+                    read_volatile(addr_of!((*ring).used.avail_event)),
+                    self.next_avail,
+                    self.kicked,
+                )
             } else {
                 read_volatile(addr_of!((*ring).used.flags)) & USED_F_NO_NOTIFY == 0
             }
