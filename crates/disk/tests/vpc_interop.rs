@@ -17,6 +17,21 @@ const COMBOS: [&str; 4] = [
     "subformat=fixed,force_size=on",
 ];
 
+/// `qemu-img convert -f raw -O vpc -o OPTIONS src dst`.
+fn qemu_to_vpc(options: &str, src: &Path, dst: &Path) {
+    qemu(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        "-o",
+        options,
+        s(src),
+        s(dst),
+    ]);
+}
+
 #[test]
 fn qemu_written_vhd_reads_back_identically() {
     if !have_qemu_img_for("vpc") {
@@ -29,17 +44,7 @@ fn qemu_written_vhd_reads_back_identically() {
     for combo in COMBOS {
         let img_path = dir.path().join("q.vhd");
         let back = dir.path().join("back.raw");
-        qemu(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            combo,
-            s(&src),
-            s(&img_path),
-        ]);
+        qemu_to_vpc(combo, &src, &img_path);
         qemu(&["convert", "-f", "vpc", "-O", "raw", s(&img_path), s(&back)]);
         let want = std::fs::read(&back).unwrap();
         let img = open(&img_path, &OpenOptions::read(Some(Format::Vpc))).unwrap();
@@ -227,17 +232,7 @@ fn fixed_vhds_resize_in_place_and_qemu_img_agrees() {
     let reference = dir.path().join("ref.raw");
     // Exact-size (Azure) images: grow to 64 MiB, then shrink to 6 MiB + 3 sectors.
     let p = dir.path().join("azure.vhd");
-    qemu(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vpc",
-        "-o",
-        "subformat=fixed,force_size=on",
-        s(&src),
-        s(&p),
-    ]);
+    qemu_to_vpc("subformat=fixed,force_size=on", &src, &p);
     for (size, grow) in [(64u64 << 20, true), ((6 << 20) + 1536, false)] {
         let img = open(&p, &OpenOptions::write(Some(Format::Vpc))).unwrap();
         img.resize(size).unwrap();
@@ -262,17 +257,7 @@ fn fixed_vhds_resize_in_place_and_qemu_img_agrees() {
     // Geometry-sized images round up to a geometry as `create` does, and qemu-img sees the
     // same size.
     let chs = dir.path().join("chs.vhd");
-    qemu(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vpc",
-        "-o",
-        "subformat=fixed",
-        s(&src),
-        s(&chs),
-    ]);
+    qemu_to_vpc("subformat=fixed", &src, &chs);
     let img = open(&chs, &OpenOptions::write(Some(Format::Vpc))).unwrap();
     img.resize(100 << 20).unwrap();
     let size = img.virtual_size();
