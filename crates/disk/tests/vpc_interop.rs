@@ -273,7 +273,50 @@ fn fixed_vhds_resize_in_place_and_qemu_img_agrees() {
 }
 
 #[test]
-fn dynamic_and_read_only_vhds_refuse_a_resize_and_stay_unchanged() {
+fn dynamic_vhds_grow_in_place_and_qemu_img_agrees() {
+    if !have_qemu_img_for("vpc") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    let data = pattern(13 << 20);
+    std::fs::write(&src, &data).unwrap();
+    let reference = dir.path().join("ref.raw");
+    // 13 MiB + 1 sector: 7 BAT entries in a one-sector BAT, room for 128 (256 MiB). Growing
+    // to 200 MiB fits that space; growing to 600 MiB moves the BAT to the end of the file.
+    let p = dir.path().join("dyn.vhd");
+    qemu_to_vpc("subformat=dynamic,force_size=on", &src, &p);
+    let mut model = data.clone();
+    for (size, moved) in [(200u64 << 20, false), (600u64 << 20, true)] {
+        let img = open(&p, &OpenOptions::write(Some(Format::Vpc))).unwrap();
+        let before = img.info().specific["max-table-entries"].as_u64().unwrap();
+        img.resize(size).unwrap();
+        assert_eq!(img.virtual_size(), size);
+        let after = img.info().specific["max-table-entries"].as_u64().unwrap();
+        assert_eq!(after, size.div_ceil(2 << 20), "moved={moved}: BAT entries");
+        assert!(after > before);
+        // The open handle writes into the new space: a block past the old end.
+        let at = size - (3 << 20) + 777;
+        img.write_at(&[0xc3; 5000], at).unwrap();
+        img.finish().unwrap();
+        drop(img);
+        model.resize(size as usize, 0);
+        model[at as usize..at as usize + 5000].fill(0xc3);
+        assert_eq!(info_json(&p, "vpc")["virtual-size"].as_u64(), Some(size));
+        std::fs::write(&reference, &model).unwrap();
+        let out = qemu(&["compare", "-f", "vpc", "-F", "raw", s(&p), s(&reference)]);
+        assert!(out.status.success(), "moved={moved}: qemu-img compare");
+        let img = open(&p, &OpenOptions::read(Some(Format::Vpc))).unwrap();
+        assert!(img.check(false).unwrap().is_clean(), "moved={moved}: check");
+        assert!(
+            read_all_image(img.as_ref()) == model,
+            "moved={moved}: our read"
+        );
+    }
+}
+
+#[test]
+fn refused_vhd_resizes_leave_the_file_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("dyn.vhd");
     let img = create(&p, Format::Vpc, &CreateOptions::sized(8 << 20)).unwrap();
@@ -282,13 +325,16 @@ fn dynamic_and_read_only_vhds_refuse_a_resize_and_stay_unchanged() {
     drop(img);
     let before = std::fs::read(&p).unwrap();
     let img = open(&p, &OpenOptions::write(Some(Format::Vpc))).unwrap();
-    let e = img.resize(16 << 20).unwrap_err().to_string();
+    let e = img.resize(4 << 20).unwrap_err().to_string();
     assert!(e.contains("subformat=fixed"), "{e}");
     drop(img);
     assert!(
         std::fs::read(&p).unwrap() == before,
-        "a refused resize wrote"
+        "a refused shrink wrote"
     );
+    let ro = open(&p, &OpenOptions::read(Some(Format::Vpc))).unwrap();
+    assert!(ro.resize(16 << 20).is_err());
+    drop(ro);
     let f = dir.path().join("fixed.vhd");
     let mut o = CreateOptions::sized(8 << 20);
     o.options.insert("subformat".into(), "fixed".into());

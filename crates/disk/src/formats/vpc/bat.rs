@@ -77,11 +77,26 @@ pub fn set_bits(b: &mut [u8], start: u64, end: u64, value: bool) {
     }
 }
 
+/// Where the BAT lives and what the file's metadata occupies (a resize may move the BAT).
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// File offset of the BAT.
+    pub bat_offset: u64,
+    /// Entries the BAT's space in the file holds (its bytes rounded up to a sector).
+    pub capacity: u64,
+    /// The dynamic header's `max_table_entries`.
+    pub max_table_entries: u32,
+    /// Metadata areas (footer copy, header, BAT, locator data): `(start, end, what)`.
+    pub regions: Vec<(u64, u64, String)>,
+}
+
 /// The block table, bitmap knowledge and allocation cursor of a dynamic image.
 #[derive(Debug)]
 pub struct Meta {
     /// BAT entries: sector number of each block's bitmap, or [`UNALLOCATED`].
     pub bat: Vec<u32>,
+    /// Where the BAT lives.
+    pub layout: Layout,
     fill: Vec<Fill>,
     cache: HashMap<u32, Vec<u8>>,
     cache_cap: usize,
@@ -102,6 +117,7 @@ impl Meta {
         let n = bat.len();
         Meta {
             bat,
+            layout: Layout::default(),
             fill: vec![Fill::Unknown; n],
             cache: HashMap::new(),
             cache_cap: ((4 << 20) / bitmap_size.max(1) as usize).max(16),
@@ -110,6 +126,12 @@ impl Meta {
             spb,
             bitmap_size,
         }
+    }
+
+    /// Adds `more` unallocated entries at the end of the table (a grown disk).
+    pub fn grow(&mut self, more: usize) {
+        self.bat.extend(std::iter::repeat_n(UNALLOCATED, more));
+        self.fill.extend(std::iter::repeat_n(Fill::Empty, more));
     }
 
     /// The bitmap of allocated block `b`, from the cache or from the file.

@@ -51,7 +51,7 @@ pub fn check(img: &VpcImage, repair: bool) -> Result<CheckReport> {
             ));
         }
     }
-    for (start, end, what) in &d.regions {
+    for (start, end, what) in &m.layout.regions {
         for b in blocks.iter().filter(|b| b.0 < *end && *start < b.1) {
             r.corruptions += 1;
             r.messages.push(format!(

@@ -23,10 +23,6 @@ pub struct Dynamic {
     pub block_size: u64,
     /// Bytes of the sector bitmap in front of each block.
     pub bitmap_size: u64,
-    /// Offset of the BAT.
-    pub bat_offset: u64,
-    /// Metadata areas (footer copy, header, BAT, locator data): `(start, end, what)`.
-    pub regions: Vec<(u64, u64, String)>,
     /// BAT, bitmaps and allocation cursor.
     pub meta: Mutex<Meta>,
 }
@@ -235,7 +231,7 @@ impl VpcImage {
                 .ctx(|| format!("writing the sector bitmap of block {b} at {block_pos:#x}"))?;
         }
         if fresh {
-            let at = d.bat_offset + 4 * b as u64;
+            let at = m.layout.bat_offset + 4 * b as u64;
             let value = (block_pos / SECTOR) as u32;
             self.storage
                 .write_all_at(&value.to_be_bytes(), at)
@@ -413,7 +409,7 @@ impl BlockImage for VpcImage {
             s.insert("block-size".into(), json!(d.block_size));
             s.insert(
                 "max-table-entries".into(),
-                json!(d.header.max_table_entries),
+                json!(lock(&d.meta).layout.max_table_entries),
             );
             if f.disk_type == DiskType::Differencing {
                 s.insert(

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, RwLock};
 
-use super::bat::{Meta, UNALLOCATED};
+use super::bat::{Layout, Meta, UNALLOCATED};
 use super::dynheader::{locator_name, DynHeader, DYN_HEADER_SIZE, MAX_LOCATOR_LEN};
 use super::footer::{DiskType, Footer, SECTOR};
 use super::image::{Dynamic, VpcImage};
@@ -17,8 +17,10 @@ use crate::storage::Storage;
 pub const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
 /// Largest BAT read into memory.
 pub const MAX_BAT_BYTES: u64 = 256 << 20;
+/// The name of the BAT's entry in a dynamic image's metadata regions.
+pub(super) const BAT_REGION: &str = "block allocation table";
 
-fn align_up(v: u64) -> u64 {
+pub(super) fn align_up(v: u64) -> u64 {
     v.div_ceil(SECTOR) * SECTOR
 }
 
@@ -152,7 +154,7 @@ fn open_dynamic(img: &VpcImage, len: u64, writable: bool) -> Result<Dynamic> {
         (
             bat_offset,
             bat_offset + align_up(max * 4),
-            "block allocation table".to_string(),
+            BAT_REGION.to_string(),
         ),
     ];
     if img.disk_type() == DiskType::Differencing {
@@ -213,12 +215,17 @@ fn open_dynamic(img: &VpcImage, len: u64, writable: bool) -> Result<Dynamic> {
         .max(align_up(len - SECTOR))
         .max(align_up(meta_end));
     let spb = bs / SECTOR;
+    let mut meta = Meta::new(bat, next_block, len, spb, bitmap_size);
+    meta.layout = Layout {
+        bat_offset,
+        capacity: align_up(max * 4) / 4,
+        max_table_entries: header.max_table_entries,
+        regions,
+    };
     Ok(Dynamic {
         block_size: bs,
         bitmap_size,
-        bat_offset,
-        regions,
-        meta: Mutex::new(Meta::new(bat, next_block, len, spb, bitmap_size)),
+        meta: Mutex::new(meta),
         header,
     })
 }
