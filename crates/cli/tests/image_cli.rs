@@ -74,7 +74,7 @@ fn create_info_and_resize_round_trip_with_json() {
 }
 
 #[test]
-fn a_fixed_vhd_resizes_with_f_vpc_and_is_not_resized_as_raw_by_probing() {
+fn vhds_resize_and_a_fixed_one_is_not_resized_as_raw_by_probing() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("azure.vhd");
     let p = img.to_str().unwrap();
@@ -96,6 +96,15 @@ fn a_fixed_vhd_resizes_with_f_vpc_and_is_not_resized_as_raw_by_probing() {
     assert!(stderr(&o).contains("-f vpc"), "{}", stderr(&o));
     assert_eq!(std::fs::metadata(&img).unwrap().len(), before);
     let o = paddock(&["image", "resize", "-f", "vhd", p, "32M"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A dynamic VHD probes as vpc (it has a footer copy at offset 0): no -f needed.
+    let dynamic = dir.path().join("dynamic.vhd");
+    let d = dynamic.to_str().unwrap();
+    let o = paddock(&["image", "create", "-f", "vpc", d, "30M"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = paddock(&["image", "resize", d, "+1G"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = paddock(&["image", "check", d]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = paddock(&["image", "info", "--json", "-f", "vpc", p]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -105,13 +105,6 @@ fn ends_with_vhd_footer(path: &std::path::Path) -> bool {
 
 /// Runs `resize`.
 pub fn run_resize(args: ResizeArgs) -> Result<ExitCode> {
-    if args.format.is_none() && ends_with_vhd_footer(&args.filename) {
-        bail!(
-            "{} ends with a VHD footer (a fixed VHD, which probing reads as raw): pass -f vpc \
-             to resize the VHD, or -f raw to resize the bytes as they are",
-            args.filename.display()
-        );
-    }
     let img = paddock_disk::open(
         &args.filename,
         &OpenOptions {
@@ -119,6 +112,16 @@ pub fn run_resize(args: ResizeArgs) -> Result<ExitCode> {
             ..OpenOptions::write(parse_format(args.format.as_deref())?)
         },
     )?;
+    if args.format.is_none()
+        && img.format() == paddock_disk::Format::Raw
+        && ends_with_vhd_footer(&args.filename)
+    {
+        bail!(
+            "{} ends with a VHD footer (a fixed VHD, which probing reads as raw): pass -f vpc \
+             to resize the VHD, or -f raw to resize the bytes as they are",
+            args.filename.display()
+        );
+    }
     let old = img.virtual_size();
     let new = if let Some(d) = args.size.strip_prefix('+') {
         old.checked_add(paddock_disk::parse_size(d)?)
