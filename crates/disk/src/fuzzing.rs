@@ -47,7 +47,8 @@ const MAX_EXTENTS: usize = 4096;
 const SAMPLE: usize = 64 << 10;
 
 /// Opens `data` as `format` (probing when `None`) and exercises reads, map, info, check,
-/// and — on a private copy — writes, flush and a reopen. Errors are fine; panics are not.
+/// and — on a private copy — writes, flush, a grow and a shrink. Errors are fine; panics are
+/// not.
 pub fn exercise(format: Option<Format>, data: &[u8]) {
     run(format, || data.to_vec());
 }
@@ -85,6 +86,14 @@ fn run(format: Option<Format>, make: impl Fn() -> Vec<u8>) {
             let _ = img.write_zeroes(size / 2, (size / 2).min(1 << 20), true);
             let _ = img.flush();
             read_paths(img.as_ref());
+            // Grow by up to 4 MiB, then shrink to half, where the format can.
+            let grow = (seed >> 8) % (4 << 20) / 512 * 512 + 512;
+            if img.resize(size.saturating_add(grow)).is_ok() {
+                read_paths(img.as_ref());
+            }
+            if img.resize(size / 2 / 512 * 512).is_ok() {
+                read_paths(img.as_ref());
+            }
         }
     }
 }
