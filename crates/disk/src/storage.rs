@@ -181,6 +181,33 @@ impl FileStorage {
     }
 }
 
+/// Calls `write(offset)` (which writes what is left and returns how many bytes it wrote)
+/// until `total` bytes are written, retrying on EINTR; a write of nothing is an error.
+fn write_fully(
+    total: usize,
+    mut offset: u64,
+    mut write: impl FnMut(u64) -> rustix::io::Result<usize>,
+) -> io::Result<()> {
+    let mut left = total;
+    while left > 0 {
+        match write(offset) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the file accepted no more bytes",
+                ))
+            }
+            Ok(n) => {
+                left -= n;
+                offset += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 // Reads and writes are rustix's raw system calls rather than std's (glibc's) `pread64`: the
 // glibc wrapper is a cancellation point that brackets every call with two more calls
 // (`__pthread_{enable,disable}_asynccancel`) in a multithreaded process; that was 3-4% of a
@@ -190,25 +217,13 @@ impl Storage for FileStorage {
         Ok(rustix::io::pread(&self.file, buf, offset)?)
     }
 
-    fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    fn write_all_at(&self, mut buf: &[u8], offset: u64) -> io::Result<()> {
         self.check_writable()?;
-        while !buf.is_empty() {
-            match rustix::io::pwrite(&self.file, buf, offset) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the file accepted no more bytes",
-                    ))
-                }
-                Ok(n) => {
-                    buf = &buf[n..];
-                    offset += n as u64;
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        write_fully(buf.len(), offset, |at| {
+            let n = rustix::io::pwrite(&self.file, buf, at)?;
+            buf = &buf[n..];
+            Ok(n)
+        })
     }
 
     fn read_vectored_zero_padded(
@@ -238,29 +253,18 @@ impl Storage for FileStorage {
         Ok(())
     }
 
-    fn write_all_vectored_at(&self, bufs: &[io::IoSlice<'_>], mut offset: u64) -> io::Result<()> {
+    fn write_all_vectored_at(&self, bufs: &[io::IoSlice<'_>], offset: u64) -> io::Result<()> {
         self.check_writable()?;
         // `advance_slices` needs the list mutable; the caller's stays as it was.
         let mut owned: Vec<io::IoSlice<'_>> = bufs.to_vec();
         let mut list = &mut owned[..];
-        while !list.is_empty() {
-            let take = list.len().min(1024);
-            match rustix::io::pwritev(&self.file, &list[..take], offset) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the file accepted no more bytes",
-                    ))
-                }
-                Ok(n) => {
-                    offset += n as u64;
-                    io::IoSlice::advance_slices(&mut list, n);
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        let total = bufs.iter().map(|b| b.len()).sum();
+        write_fully(total, offset, |at| {
+            // At most IOV_MAX (1024) buffers per call.
+            let n = rustix::io::pwritev(&self.file, &list[..list.len().min(1024)], at)?;
+            io::IoSlice::advance_slices(&mut list, n);
+            Ok(n)
+        })
     }
 
     fn len(&self) -> io::Result<u64> {

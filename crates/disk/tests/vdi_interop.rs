@@ -34,17 +34,7 @@ fn qemu_written_vdi_reads_back_identically() {
     for combo in COMBOS {
         let img_path = dir.path().join("q.vdi");
         let back = dir.path().join("back.raw");
-        qemu(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vdi",
-            "-o",
-            combo,
-            s(&src),
-            s(&img_path),
-        ]);
+        qemu_from_raw("vdi", combo, &src, &img_path);
         qemu(&["convert", "-f", "vdi", "-O", "raw", s(&img_path), s(&back)]);
         let want = std::fs::read(&back).unwrap();
         assert!(want == data, "{combo}: qemu round trip");

@@ -17,21 +17,6 @@ const COMBOS: [&str; 4] = [
     "subformat=fixed,force_size=on",
 ];
 
-/// `qemu-img convert -f raw -O vpc -o OPTIONS src dst`.
-fn qemu_to_vpc(options: &str, src: &Path, dst: &Path) {
-    qemu(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vpc",
-        "-o",
-        options,
-        s(src),
-        s(dst),
-    ]);
-}
-
 #[test]
 fn qemu_written_vhd_reads_back_identically() {
     if !have_qemu_img_for("vpc") {
@@ -44,7 +29,7 @@ fn qemu_written_vhd_reads_back_identically() {
     for combo in COMBOS {
         let img_path = dir.path().join("q.vhd");
         let back = dir.path().join("back.raw");
-        qemu_to_vpc(combo, &src, &img_path);
+        qemu_from_raw("vpc", combo, &src, &img_path);
         qemu(&["convert", "-f", "vpc", "-O", "raw", s(&img_path), s(&back)]);
         let want = std::fs::read(&back).unwrap();
         let img = open(&img_path, &OpenOptions::read(Some(Format::Vpc))).unwrap();
@@ -213,11 +198,27 @@ fn azure_fixed_force_size_is_exact() {
     assert_eq!(img.virtual_size(), 67_125_248);
 }
 
-/// A raw file of `len` bytes: `data` then zeroes.
-fn raw_reference(path: &Path, data: &[u8], len: usize) {
-    let mut v = data[..data.len().min(len)].to_vec();
-    v.resize(len, 0);
-    std::fs::write(path, v).unwrap();
+/// A 13 MiB raw source in `dir` and its bytes, for the resize tests.
+fn resize_source(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let src = dir.join("src.raw");
+    let data = pattern(13 << 20);
+    std::fs::write(&src, &data).unwrap();
+    (src, data)
+}
+
+/// `data` cut or zero-padded to `len` bytes.
+fn padded(data: &[u8], len: u64) -> Vec<u8> {
+    let mut v = data[..data.len().min(len as usize)].to_vec();
+    v.resize(len as usize, 0);
+    v
+}
+
+/// Asserts that qemu-img reads the VHD at `vhd` as exactly `model`.
+fn assert_qemu_reads(vhd: &Path, model: &[u8], what: &str) {
+    let reference = vhd.with_extension("reference.raw");
+    std::fs::write(&reference, model).unwrap();
+    let out = qemu(&["compare", "-f", "vpc", "-F", "raw", s(vhd), s(&reference)]);
+    assert!(out.status.success(), "{what}: qemu-img compare");
 }
 
 #[test]
@@ -226,13 +227,10 @@ fn fixed_vhds_resize_in_place_and_qemu_img_agrees() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src.raw");
-    let data = pattern(13 << 20);
-    std::fs::write(&src, &data).unwrap();
-    let reference = dir.path().join("ref.raw");
+    let (src, data) = resize_source(dir.path());
     // Exact-size (Azure) images: grow to 64 MiB, then shrink to 6 MiB + 3 sectors.
     let p = dir.path().join("azure.vhd");
-    qemu_to_vpc("subformat=fixed,force_size=on", &src, &p);
+    qemu_from_raw("vpc", "subformat=fixed,force_size=on", &src, &p);
     for (size, grow) in [(64u64 << 20, true), ((6 << 20) + 1536, false)] {
         let img = open(&p, &OpenOptions::write(Some(Format::Vpc))).unwrap();
         img.resize(size).unwrap();
@@ -250,14 +248,12 @@ fn fixed_vhds_resize_in_place_and_qemu_img_agrees() {
         drop(img);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), size + 512);
         assert_eq!(info_json(&p, "vpc")["virtual-size"].as_u64(), Some(size));
-        raw_reference(&reference, &data, size as usize);
-        let out = qemu(&["compare", "-f", "vpc", "-F", "raw", s(&p), s(&reference)]);
-        assert!(out.status.success(), "grow={grow}: qemu-img compare");
+        assert_qemu_reads(&p, &padded(&data, size), &format!("grow={grow}"));
     }
     // Geometry-sized images round up to a geometry as `create` does, and qemu-img sees the
     // same size.
     let chs = dir.path().join("chs.vhd");
-    qemu_to_vpc("subformat=fixed", &src, &chs);
+    qemu_from_raw("vpc", "subformat=fixed", &src, &chs);
     let img = open(&chs, &OpenOptions::write(Some(Format::Vpc))).unwrap();
     img.resize(100 << 20).unwrap();
     let size = img.virtual_size();
@@ -267,9 +263,7 @@ fn fixed_vhds_resize_in_place_and_qemu_img_agrees() {
     );
     drop(img);
     assert_eq!(info_json(&chs, "vpc")["virtual-size"].as_u64(), Some(size));
-    raw_reference(&reference, &data, size as usize);
-    let out = qemu(&["compare", "-f", "vpc", "-F", "raw", s(&chs), s(&reference)]);
-    assert!(out.status.success(), "geometry-sized: qemu-img compare");
+    assert_qemu_reads(&chs, &padded(&data, size), "geometry-sized");
 }
 
 #[test]
@@ -278,14 +272,11 @@ fn dynamic_vhds_grow_in_place_and_qemu_img_agrees() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src.raw");
-    let data = pattern(13 << 20);
-    std::fs::write(&src, &data).unwrap();
-    let reference = dir.path().join("ref.raw");
-    // 13 MiB + 1 sector: 7 BAT entries in a one-sector BAT, room for 128 (256 MiB). Growing
+    let (src, data) = resize_source(dir.path());
+    // 13 MiB: 7 BAT entries in a one-sector BAT, room for 128 (256 MiB). Growing
     // to 200 MiB fits that space; growing to 600 MiB moves the BAT to the end of the file.
     let p = dir.path().join("dyn.vhd");
-    qemu_to_vpc("subformat=dynamic,force_size=on", &src, &p);
+    qemu_from_raw("vpc", "subformat=dynamic,force_size=on", &src, &p);
     let mut model = data.clone();
     for (size, moved) in [(200u64 << 20, false), (600u64 << 20, true)] {
         let img = open(&p, &OpenOptions::write(Some(Format::Vpc))).unwrap();
@@ -303,9 +294,7 @@ fn dynamic_vhds_grow_in_place_and_qemu_img_agrees() {
         model.resize(size as usize, 0);
         model[at as usize..at as usize + 5000].fill(0xc3);
         assert_eq!(info_json(&p, "vpc")["virtual-size"].as_u64(), Some(size));
-        std::fs::write(&reference, &model).unwrap();
-        let out = qemu(&["compare", "-f", "vpc", "-F", "raw", s(&p), s(&reference)]);
-        assert!(out.status.success(), "moved={moved}: qemu-img compare");
+        assert_qemu_reads(&p, &model, &format!("moved={moved}"));
         let img = open(&p, &OpenOptions::read(Some(Format::Vpc))).unwrap();
         assert!(img.check(false).unwrap().is_clean(), "moved={moved}: check");
         assert!(

@@ -90,19 +90,6 @@ pub struct ResizeArgs {
     pub size: String,
 }
 
-/// Whether the file ends with a VHD footer: a fixed VHD, which probing calls raw (it has no
-/// header), and which a raw resize would break (the footer would no longer end the file).
-fn ends_with_vhd_footer(path: &std::path::Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut cookie = [0u8; 8];
-    f.seek(SeekFrom::End(-512)).is_ok()
-        && f.read_exact(&mut cookie).is_ok()
-        && &cookie == b"conectix"
-}
-
 /// Runs `resize`.
 pub fn run_resize(args: ResizeArgs) -> Result<ExitCode> {
     let img = paddock_disk::open(
@@ -112,16 +99,6 @@ pub fn run_resize(args: ResizeArgs) -> Result<ExitCode> {
             ..OpenOptions::write(parse_format(args.format.as_deref())?)
         },
     )?;
-    if args.format.is_none()
-        && img.format() == paddock_disk::Format::Raw
-        && ends_with_vhd_footer(&args.filename)
-    {
-        bail!(
-            "{} ends with a VHD footer (a fixed VHD, which probing reads as raw): pass -f vpc \
-             to resize the VHD, or -f raw to resize the bytes as they are",
-            args.filename.display()
-        );
-    }
     let old = img.virtual_size();
     let new = if let Some(d) = args.size.strip_prefix('+') {
         old.checked_add(paddock_disk::parse_size(d)?)

@@ -246,6 +246,21 @@ impl BlockImage for ProbedRaw {
         self.0.block_status(offset, max_len)
     }
     fn resize(&self, new_size: u64) -> Result<()> {
+        // A fixed VHD has no header, so it probes as raw; resizing its bytes would leave its
+        // footer inside the disk and the file without one. As with `write_at`, the format
+        // that probing sees may not change by accident.
+        let size = self.virtual_size();
+        if new_size != size && size >= 512 {
+            let mut tail = [0u8; 512];
+            self.0.read_at(&mut tail, size - 512)?;
+            if crate::formats::vpc::is_footer(&tail) {
+                return Err(Error::invalid(
+                    "this probed raw image ends with a VHD footer (a fixed VHD, which has no \
+                     header): pass -f vpc to resize the VHD, or -f raw to resize the bytes as \
+                     they are",
+                ));
+            }
+        }
         self.0.resize(new_size)
     }
 }

@@ -27,6 +27,21 @@ pub fn qemu(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// `qemu-img convert -f raw -O FMT -o OPTIONS src dst`.
+pub fn qemu_from_raw(fmt: &str, options: &str, src: &Path, dst: &Path) {
+    qemu(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        fmt,
+        "-o",
+        options,
+        s(src),
+        s(dst),
+    ]);
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

@@ -398,11 +398,21 @@ impl Refcounts {
             let runs = self.reserve(st, want, 1)?;
             self.pool.extend(runs);
         }
+        let out = self.take_reserved(n);
+        if out.iter().map(|r| r.1).sum::<u64>() < n {
+            return Err(Error::corrupt("cluster reservation ran dry"));
+        }
+        Ok(out)
+    }
+
+    /// Takes up to `n` clusters from the front of the plain reservation, as few contiguous
+    /// runs as possible; fewer when the reservation holds fewer.
+    fn take_reserved(&mut self, n: u64) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut left = n;
         while left > 0 {
             let Some((s, len)) = self.pool.pop_front() else {
-                return Err(Error::corrupt("cluster reservation ran dry"));
+                break;
             };
             let take = len.min(left);
             if take < len {
@@ -414,7 +424,7 @@ impl Refcounts {
             }
             left -= take;
         }
-        Ok(out)
+        out
     }
 
     /// Allocates one cluster and returns its host offset.
@@ -511,20 +521,12 @@ impl Refcounts {
             // reservation as a hole inside the file (a compressed conversion of mixed data
             // came out 23% longer than the bytes it allocated). Their refcount is raised to
             // the packing limit and synced before anything points at them, as `reserve` does.
-            let mut taken = 0;
-            while taken < want {
-                let Some((s, n)) = self.pool.pop_front() else {
-                    break;
-                };
-                let take = n.min(want - taken);
-                if take < n {
-                    self.pool.push_front((s + take, n - take));
-                }
-                self.set_range(st, s, take, limit)?;
-                self.cpool.extend(s..s + take);
-                taken += take;
+            let taken = self.take_reserved(want);
+            for &(s, n) in &taken {
+                self.set_range(st, s, n, limit)?;
+                self.cpool.extend(s..s + n);
             }
-            if taken > 0 {
+            if !taken.is_empty() {
                 self.sync(st)?;
             } else {
                 for (s, n) in self.reserve(st, want, limit)? {

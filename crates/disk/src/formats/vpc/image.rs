@@ -337,7 +337,10 @@ impl VpcImage {
 
     /// The kind of disk.
     pub fn disk_type(&self) -> DiskType {
-        self.footer().disk_type
+        self.footer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .disk_type
     }
 
     /// The footer as last written.

@@ -64,6 +64,12 @@ use crate::storage::Storage;
 
 pub use image::VpcImage;
 
+/// Whether `tail`, the last 512 bytes of a file, is a VHD footer: such a file with no header
+/// is a fixed VHD (which probing reads as raw).
+pub(crate) fn is_footer(tail: &[u8]) -> bool {
+    footer::Footer::has_cookie(tail)
+}
+
 /// The vpc format driver.
 pub struct Driver;
 
