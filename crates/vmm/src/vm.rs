@@ -16,7 +16,7 @@ use crate::arch::x86_64::{
 };
 use crate::boot::{self, BootConfig, Entry};
 use crate::bus::Bus;
-use crate::devices::legacy::{acpi_pm, debug_exit, i8042, serial};
+use crate::devices::legacy::{acpi_pm, debug_exit, i8042, rtc, serial};
 use crate::devices::virtio::block::{Block, DiskConfig};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::VirtioPciDevice;
@@ -227,6 +227,9 @@ fn build_buses(
     )
     .map_err(dev)?;
     info("i8042", "i8042", i8042::BASE);
+    pio.insert(Arc::new(Mutex::new(rtc::Rtc::new())), rtc::BASE, 2)
+        .map_err(dev)?;
+    info("rtc", "cmos-rtc", rtc::BASE);
     let sci = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(format!("SCI: {e}")))?;
     kvm.register_irqfd(&sci, u32::from(ACPI_SCI_IRQ))?;
     let acpi = Arc::new(Mutex::new(acpi_pm::AcpiPm::new(sci, exit.clone())));

@@ -89,3 +89,47 @@ fn mem_guest_verifies_every_region_including_above_4_gib() {
     );
     assert!(text.contains("MEM PASS"), "{text}");
 }
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let (era, yoe) = (y.div_euclid(400), y.rem_euclid(400));
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+}
+
+#[test]
+fn rtc_guest_reads_the_host_wall_clock_from_cmos() {
+    if !kvm_available("rtc_guest_reads_the_host_wall_clock_from_cmos") {
+        return;
+    }
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let o = vmm(&[
+        "--kernel",
+        guest("rtc").to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+    ]);
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let text = out(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}{}", err(&o));
+    let line = text.lines().find(|l| l.starts_with("RTC ")).expect(&text);
+    // "RTC 2026-11-25 23:59:58 mode=0x02 valid=1": BCD, 24-hour, valid.
+    assert!(line.ends_with("mode=0x02 valid=1"), "{line}");
+    let f: Vec<i64> = line[4..23]
+        .split(['-', ' ', ':'])
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let t = days_from_civil(f[0], f[1], f[2]) * 86_400 + f[3] * 3600 + f[4] * 60 + f[5];
+    assert!(
+        (before - 1..=after + 1).contains(&t),
+        "guest saw {t}, host {before}..{after}: {line}"
+    );
+}

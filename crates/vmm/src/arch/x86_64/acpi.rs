@@ -73,7 +73,7 @@ impl AcpiConfig {
             pci_ecam: (PCI_ECAM_START, PCI_ECAM_SIZE),
             pci_mmio: (PCI_MMIO_START, PCI_MMIO_SIZE),
             pci_mmio64: None,
-            cmos_rtc: false,
+            cmos_rtc: true,
         }
     }
 }
